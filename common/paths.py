@@ -1,0 +1,43 @@
+"""Where things live: the repository, offline data, caches, checkpoints and the MLflow store.
+
+Every location can be moved with an environment variable:
+
+    PAPERZOO_DATA     offline corpora            (default: ../shared/data beside the repo, when it exists)
+    PAPERZOO_CACHE    tokenized corpora, BPE     (default: <repo>/.cache)
+    PAPERZOO_RUNS     checkpoints                (default: <repo>/runs)
+    PAPERZOO_REPORTS  generated reports          (default: <repo>/reports)
+    MLFLOW_TRACKING_URI                          (default: sqlite:///<repo>/mlflow.db, see common.tracking)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PAPERS_DIR = REPO_ROOT / "papers"
+
+
+def _env_path(var: str, default: Path) -> Path:
+    value = os.environ.get(var)
+    return Path(value).expanduser().resolve() if value else default
+
+
+def data_dir() -> Path | None:
+    """The offline data folder: $PAPERZOO_DATA, else ../shared/data when it exists, else None."""
+    if os.environ.get("PAPERZOO_DATA"):
+        return _env_path("PAPERZOO_DATA", REPO_ROOT)
+    shared = REPO_ROOT.parent / "shared" / "data"
+    return shared if shared.is_dir() else None
+
+
+def cache_dir() -> Path:
+    return _env_path("PAPERZOO_CACHE", REPO_ROOT / ".cache")
+
+
+def runs_dir() -> Path:
+    return _env_path("PAPERZOO_RUNS", REPO_ROOT / "runs")
+
+
+def reports_dir() -> Path:
+    return _env_path("PAPERZOO_REPORTS", REPO_ROOT / "reports")

@@ -1,0 +1,245 @@
+"""The one training loop every paper uses (in the spirit of nanoGPT's train.py).
+
+Contracts
+    model(batch) -> loss  or  (loss, {name: scalar})          a paper's nn.Module
+    task.batch(split, index, batch_size, seed) -> {name: (B, ...) tensor}
+        deterministic in (seed, index): the data position of a run is just its step
+    task.evaluate(model, device) -> {metric: float}            e.g. {"val/loss": 1.9, "acc@L=1024": 1.0}
+
+Features: device auto (cuda > mps > cpu), bf16 autocast on CUDA, optional torch.compile, AdamW
+with decay/no-decay groups, warmup + cosine / constant / noam schedules (LambdaLR), gradient
+accumulation and clipping, periodic evaluation, a progress bar (step, loss, lr, tokens/s),
+atomic checkpoints with exact resume, NaN/inf stop, and DDP under torchrun (gloo on CPU, NCCL on
+GPU; each rank takes its slice of the global batch; only rank 0 logs and checkpoints).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from common.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from common.config import Optimizer, Schedule, TrainConfig
+from common.errors import PaperzooError, TrainingDiverged
+
+
+class Task(Protocol):
+    def batch(self, split: str, index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]: ...
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]: ...
+
+
+class MetricSink(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    final_loss: float
+    steps: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    resumed_from: int | None = None
+    tokens_per_s: float = 0.0
+
+
+# ---- environment ---------------------------------------------------------------------------
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world_size); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def autocast_context(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise PaperzooError(f"bad value for train.precision: '{precision}'; choose auto, fp32 or bf16")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ---- optimisation --------------------------------------------------------------------------
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Matrices decay; biases, norms and parameters flagged ``_no_weight_decay`` do not."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.dim() < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
+    if device.type == "cuda":
+        kwargs["fused"] = True
+    if cfg.optimizer == Optimizer.adam:
+        return torch.optim.Adam(groups, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def lr_multiplier(cfg: TrainConfig, step: int) -> float:
+    """Factor on cfg.lr at optimizer step ``step`` (0-based)."""
+    s = step + 1
+    if cfg.schedule == Schedule.noam:
+        return cfg.noam_d_model**-0.5 * min(s**-0.5, s * max(cfg.warmup_steps, 1) ** -1.5)
+    if s <= cfg.warmup_steps:
+        return s / cfg.warmup_steps
+    if cfg.schedule == Schedule.constant:
+        return 1.0
+    progress = min(1.0, (s - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    floor = cfg.min_lr / cfg.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _split_loss(out: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    return (out[0], dict(out[1])) if isinstance(out, tuple) else (out, {})
+
+
+def _rank_slice(batch: dict[str, torch.Tensor], rank: int, world: int, device: torch.device) -> dict:
+    out = {}
+    for name, value in batch.items():
+        if value.shape[0] % world:
+            raise PaperzooError(f"batch size {value.shape[0]} does not divide across {world} processes")
+        part = value.shape[0] // world
+        out[name] = value[rank * part : (rank + 1) * part].to(device, non_blocking=True)
+    return out
+
+
+@torch.no_grad()
+def run_evaluation(model: nn.Module, task: Task, device: torch.device, precision: str) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    with autocast_context(device, precision):
+        metrics = task.evaluate(model, device)
+    model.train(was_training)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+# ---- the loop ------------------------------------------------------------------------------
+def train(
+    model: nn.Module,
+    task: Task,
+    cfg: TrainConfig,
+    *,
+    seed: int = 0,
+    ckpt_path: Path | None = None,
+    resume: bool = False,
+    tracker: MetricSink | None = None,
+    run_id: str | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> TrainResult:
+    rank, world = distributed_context()
+    device = pick_device(cfg.device)
+    model.to(device)
+    raw_model = model
+    optimizer = build_optimizer(raw_model, cfg, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(cfg, s))
+
+    start, resumed_from = 0, None
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        raw_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start = resumed_from = int(state["step"])
+        resumed_loss = float(state.get("loss", float("nan")))
+    else:
+        resumed_loss = float("nan")
+        torch.manual_seed(seed + rank)
+
+    if cfg.compile:
+        model = torch.compile(model)
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def checkpoint(step: int, loss: float, finished: bool = False) -> None:
+        if rank == 0 and ckpt_path is not None:
+            save_checkpoint(ckpt_path, {
+                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng_state(), "step": step,
+                "run_id": run_id, "finished": finished, "loss": loss,
+            })  # fmt: skip
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        if rank == 0 and tracker is not None:
+            tracker.log_metrics(metrics, step)
+
+    model.train()
+    bar = tqdm(total=cfg.max_steps, initial=start, desc=desc, disable=not progress or rank != 0, leave=False)
+    loss_value, window, window_tokens, t0 = resumed_loss, [], 0, time.perf_counter()
+    tokens_per_s = 0.0
+    metrics: dict[str, float] = {}
+    for step in range(start, cfg.max_steps):
+        step_loss = torch.zeros((), device=device)
+        extras: dict[str, torch.Tensor] = {}
+        for micro in range(cfg.grad_accum):
+            batch = task.batch("train", step * cfg.grad_accum + micro, cfg.batch_size, seed)
+            local = _rank_slice(batch, rank, world, device)
+            window_tokens += next(iter(batch.values())).numel()
+            sync = contextlib.nullcontext() if world == 1 or micro == cfg.grad_accum - 1 else model.no_sync()
+            with sync, autocast_context(device, cfg.precision):
+                loss, extra = _split_loss(model(local))
+                (loss / cfg.grad_accum).backward()
+            step_loss += loss.detach().float() / cfg.grad_accum
+            for k, v in extra.items():
+                extras[k] = extras.get(k, 0) + v.detach().float() / cfg.grad_accum
+        if world > 1:
+            dist.all_reduce(step_loss)
+            step_loss /= world
+        loss_value = step_loss.item()
+        if not math.isfinite(loss_value):
+            bar.close()
+            kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path and ckpt_path.exists() else (
+                "no checkpoint had been written yet"
+            )
+            raise TrainingDiverged(f"loss became {loss_value} at step {step}; training stopped, {kept}")
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        window.append(loss_value)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.max_steps:
+            elapsed = time.perf_counter() - t0
+            tokens_per_s = window_tokens / max(elapsed, 1e-9)
+            record = {"train/loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0],
+                      "tokens_per_s": tokens_per_s}  # fmt: skip
+            record.update({f"train/{k}": float(v) for k, v in extras.items()})
+            log(record, done)
+            bar.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+            window, window_tokens, t0 = [], 0, time.perf_counter()
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.max_steps and rank == 0:
+            log(run_evaluation(raw_model, task, device, cfg.precision), done)
+        if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < cfg.max_steps:
+            checkpoint(done, loss_value)
+        bar.update(1)
+    bar.close()
+
+    if rank == 0:
+        metrics = run_evaluation(raw_model, task, device, cfg.precision)
+        log(metrics, cfg.max_steps)
+    checkpoint(cfg.max_steps, loss_value, finished=True)
+    return TrainResult(loss_value, cfg.max_steps, metrics, resumed_from, tokens_per_s)

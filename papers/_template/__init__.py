@@ -1,0 +1,1 @@
+"""Template Paper: a complete, tiny paper to copy with `nox -s new-paper -- <slug>`."""
