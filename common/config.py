@@ -100,7 +100,7 @@ def _explain(err: OmegaConfBaseException, node: Any, where: str) -> str:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         try:
             options = OmegaConf.select(node, parent) if parent else node
-            valid = ", ".join(sorted(str(k) for k in options.keys()))
+            valid = ", ".join(sorted(str(k) for k in options))
         except Exception:
             valid = "?"
         return f"unknown config key '{key}' ({where}); valid keys here: {valid}"

@@ -94,7 +94,9 @@ def latest_runs(mlflow_client, slug: str, preset: str | None) -> tuple[str | Non
     return preset, chosen
 
 
-def measured(runs: dict[tuple, Any], task: str, variant: str, metric: str, reduce: str) -> tuple[float | None, list]:
+def measured(
+    runs: dict[tuple, Any], task: str, variant: str, metric: str, reduce: str
+) -> tuple[float | None, list]:
     values, ids = [], []
     for (t, v, _), run in runs.items():
         if t != task or v != variant:
@@ -157,7 +159,9 @@ def claim_figure(result: ClaimResult, runs: dict[tuple, Any], path: Path) -> Non
         if isinstance(result.claim.get("paper"), (int, float)) and not m.get("relative_to"):
             ax.axhline(result.claim["paper"], color="black", linestyle=":", label="paper")
     if result.criterion and not m.get("relative_to"):
-        ax.axhline(parse_criterion(result.criterion)[1], color="tab:red", linestyle="--", label="pass threshold")
+        ax.axhline(
+            parse_criterion(result.criterion)[1], color="tab:red", linestyle="--", label="pass threshold"
+        )
         ax.legend(fontsize=8)
     ax.set_ylabel(m["metric"])
     ax.set_title(f"{result.claim['id']}: {result.verdict}", fontsize=10)
@@ -171,7 +175,9 @@ def curves_figure(mlflow_client, runs: dict[tuple, Any], task: str, path: Path) 
     for (t, variant, seed), run in sorted(runs.items()):
         if t != task:
             continue
-        history = sorted(mlflow_client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
+        history = sorted(
+            mlflow_client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step
+        )
         ax.plot([m.step for m in history], [m.value for m in history], label=f"{variant} s{seed}")
     ax.set_xlabel("step")
     ax.set_ylabel("train/loss")
@@ -201,10 +207,15 @@ def _results_table(runs: dict[tuple, Any]) -> list[str]:
 
 
 def _run_metadata(runs: dict[tuple, Any]) -> list[str]:
-    lines = ["| run | MLflow run id | preset | commit | device | date | minutes |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | MLflow run id | preset | commit | device | date | minutes |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for (task, variant, seed), run in sorted(runs.items()):
         tags, info = run.data.tags, run.info
-        date = dt.datetime.fromtimestamp(info.start_time / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        date = dt.datetime.fromtimestamp(info.start_time / 1000, dt.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M UTC"
+        )
         minutes = ((info.end_time or info.start_time) - info.start_time) / 60000
         commit = tags.get("git_commit", "?")[:10] + (" (dirty)" if tags.get("git_dirty") == "true" else "")
         lines.append(f"| {task}/{variant}/s{seed} | `{info.run_id}` | {tags.get('preset')} | {commit} | "
@@ -252,7 +263,9 @@ def _inline(text: str) -> str:
     return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', text)
 
 
-def build_report(slug: str, preset: str | None = None, uri: str | None = None, out_root: Path | None = None) -> Path:
+def build_report(
+    slug: str, preset: str | None = None, uri: str | None = None, out_root: Path | None = None
+) -> Path:
     meta = read_meta(slug)
     mlflow_client = client(uri or tracking_uri())
     preset, runs = latest_runs(mlflow_client, slug, preset)

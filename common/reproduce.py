@@ -78,7 +78,9 @@ def run_one(paper: Paper, cfg, run: Run, seed: int, tracker: Tracker | None, rep
     final = {"final/train_loss": result.final_loss, **result.metrics, "model/n_params": float(n_params)}
     if tracker is not None:
         tracker.log_metrics(final, result.steps)
-        tracker.log_json({**final, "steps": result.steps, "seconds": time.time() - started}, "final_metrics.json")
+        tracker.log_json(
+            {**final, "steps": result.steps, "seconds": time.time() - started}, "final_metrics.json"
+        )
         tracker.log_text(OmegaConf.to_yaml(cfg), "config.yaml")
         tracker.end("FINISHED")
     shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if not k.startswith("model/"))
@@ -95,11 +97,15 @@ def reproduce(name: str, overrides: list[str]) -> Path | None:
     if cfg.only:
         runs = [r for r in runs if r.task in cfg.only or r.key in cfg.only]
         if not runs:
-            raise PaperzooError(f"only={list(cfg.only)} matches no run; runs are: {', '.join(r.key for r in paper.plan(cfg))}")
+            raise PaperzooError(
+                f"only={list(cfg.only)} matches no run; runs are: {', '.join(r.key for r in paper.plan(cfg))}"
+            )
     reproduction = uuid.uuid4().hex[:12]
     jobs = [(run, seed) for run in runs for seed in cfg.seeds]
     if rank == 0:
-        print(f"{paper.title}: {len(jobs)} runs at preset '{cfg.scale}' -> MLflow {tracking_uri()}", flush=True)
+        print(
+            f"{paper.title}: {len(jobs)} runs at preset '{cfg.scale}' -> MLflow {tracking_uri()}", flush=True
+        )
     for i, (run, seed) in enumerate(jobs, 1):
         if rank == 0:
             print(f"[{i}/{len(jobs)}] {run.key} seed {seed}", flush=True)

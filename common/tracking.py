@@ -71,8 +71,12 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     db = _sqlite_path(uri)
     if db is not None:
         folder = db.parent
+        with contextlib.suppress(OSError):
+            folder.mkdir(parents=True, exist_ok=True)
         if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise PaperzooError(f"cannot write the MLflow store {db}: folder {folder} is missing or read-only")
+            raise PaperzooError(
+                f"cannot write the MLflow store {db}: folder {folder} is missing or read-only"
+            )
 
 
 @contextlib.contextmanager
@@ -169,7 +173,9 @@ class Tracker:
         self._buffer: list[Any] = []
         self._last_flush = time.monotonic()
 
-    def start(self, run_name: str, tags: dict[str, str], params: dict[str, Any], run_id: str | None = None) -> str:
+    def start(
+        self, run_name: str, tags: dict[str, str], params: dict[str, Any], run_id: str | None = None
+    ) -> str:
         from mlflow.entities import Param
 
         if run_id is not None:  # resume: same run, params already logged
@@ -196,7 +202,10 @@ class Tracker:
 
         now = int(time.time() * 1000)
         self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
-        if time.monotonic() - self._last_flush > self.flush_every or len(self._buffer) >= MAX_METRICS_PER_BATCH:
+        if (
+            time.monotonic() - self._last_flush > self.flush_every
+            or len(self._buffer) >= MAX_METRICS_PER_BATCH
+        ):
             self.flush()
 
     def flush(self) -> None:

@@ -159,9 +159,15 @@ def train(
     start, resumed_from = 0, None
     if resume and ckpt_path is not None and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        try:
+            raw_model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise PaperzooError(
+                f"checkpoint {ckpt_path} does not match this model/config ({str(err).splitlines()[0][:100]}); "
+                "it was left untouched: move it away or run with resume=false"
+            ) from None
         set_rng_state(state["rng"])
         start = resumed_from = int(state["step"])
         resumed_loss = float(state.get("loss", float("nan")))
@@ -172,7 +178,9 @@ def train(
     if cfg.compile:
         model = torch.compile(model)
     if world > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     def checkpoint(step: int, loss: float, finished: bool = False) -> None:
         if rank == 0 and ckpt_path is not None:
@@ -211,8 +219,10 @@ def train(
         loss_value = step_loss.item()
         if not math.isfinite(loss_value):
             bar.close()
-            kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path and ckpt_path.exists() else (
-                "no checkpoint had been written yet"
+            kept = (
+                f"the last good checkpoint {ckpt_path} is kept"
+                if ckpt_path and ckpt_path.exists()
+                else ("no checkpoint had been written yet")
             )
             raise TrainingDiverged(f"loss became {loss_value} at step {step}; training stopped, {kept}")
         if cfg.grad_clip > 0:
@@ -229,7 +239,9 @@ def train(
                       "tokens_per_s": tokens_per_s}  # fmt: skip
             record.update({f"train/{k}": float(v) for k, v in extras.items()})
             log(record, done)
-            bar.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+            bar.set_postfix(
+                loss=f"{record['train/loss']:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{tokens_per_s:,.0f}"
+            )
             window, window_tokens, t0 = [], 0, time.perf_counter()
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.max_steps and rank == 0:
             log(run_evaluation(raw_model, task, device, cfg.precision), done)

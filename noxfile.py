@@ -1,0 +1,133 @@
+"""paperzoo's commands. `nox -l` lists them; `nox -s <name> -- <args>` runs one.
+
+Every session shares ONE environment, `.venv/` at the repository root, created on first use and
+reinstalled only when pyproject.toml or the torch pin changes (nox itself has no shared-venv
+option). torch is pinned here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+ENV = ROOT / ".venv"
+PY = str(ENV / "bin" / "python")
+# The one torch pin. 2.13.0 is the CPU wheel on the lab's machines; override with PAPERZOO_TORCH.
+TORCH_PIN = os.environ.get("PAPERZOO_TORCH", "torch==2.13.0")
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["tests"]
+nox.options.error_on_external_run = False
+
+
+def shared_env(session: nox.Session) -> None:
+    """Create/refresh the shared environment when its inputs changed."""
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH_PIN.encode()).hexdigest()
+    stamp = ENV / ".paperzoo-stamp"
+    if stamp.exists() and stamp.read_text() == want and Path(PY).exists():
+        return
+    if not Path(PY).exists():
+        session.run(sys.executable, "-m", "venv", str(ENV), external=True)
+    session.run(PY, "-m", "pip", "install", "-q", "--upgrade", "pip", external=True)
+    session.run(PY, "-m", "pip", "install", "-q", TORCH_PIN, external=True)
+    session.run(PY, "-m", "pip", "install", "-q", "-e", ".[dev]", external=True)
+    stamp.write_text(want)
+
+
+def papers() -> list[str]:
+    return sorted(p.parent.name for p in (ROOT / "papers").glob("*/paper.yaml"))
+
+
+def session_name(slug: str) -> str:
+    return slug.lstrip("_").replace("_", "-")
+
+
+def run_py(session: nox.Session, *args: str, env: dict[str, str] | None = None) -> None:
+    shared_env(session)
+    session.run(PY, *args, external=True, env=env or {})
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (CPU; GPU tests skip without CUDA). Extra args go to pytest."""
+    run_py(
+        session,
+        "-m",
+        "pytest",
+        "-q",
+        *session.posargs,
+        env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"},
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check + ruff format --check."""
+    shared_env(session)
+    session.run(str(ENV / "bin" / "ruff"), "check", ".", external=True)
+    session.run(str(ENV / "bin" / "ruff"), "format", "--check", ".", external=True)
+
+
+def _reproduce_session(slug: str):
+    def reproduce(session: nox.Session) -> None:
+        run_py(session, "-m", "common.reproduce", slug, *session.posargs)
+
+    reproduce.__doc__ = f"Reproduce papers/{slug}: train every variant, log to MLflow, write reports/{slug}/."
+    return reproduce
+
+
+for _slug in papers():
+    nox.session(name=f"reproduce-{session_name(_slug)}")(_reproduce_session(_slug))
+
+
+@nox.session
+def reproduce(session: nox.Session) -> None:
+    """Reproduce the paper named by the first argument: `nox -s reproduce -- mamba scale=smoke`."""
+    run_py(session, "-m", "common.reproduce", *session.posargs)
+
+
+@nox.session(name="reproduce-all")
+def reproduce_all(session: nox.Session) -> None:
+    """Reproduce every paper (not the template), one after the other."""
+    for slug in papers():
+        if not slug.startswith("_"):
+            run_py(session, "-m", "common.reproduce", slug, *session.posargs)
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Rebuild every reports/<paper>/ and reports/README.md from the runs in MLflow."""
+    run_py(session, "-m", "common.report")
+
+
+@nox.session(name="mlflow-ui")
+def mlflow_ui(session: nox.Session) -> None:
+    """MLflow UI on http://127.0.0.1:5000 over the lab's store (one worker, job execution off)."""
+    shared_env(session)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
+    args = ["--backend-store-uri", uri, "--host", "127.0.0.1", "--port", "5000", "--workers", "1"]
+    if uri.startswith("sqlite:///"):
+        args += ["--default-artifact-root", (ROOT / "mlartifacts").as_uri()]
+    session.run(str(ENV / "bin" / "mlflow"), "server", *args, *session.posargs, external=True,
+                env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # fmt: skip
+
+
+@nox.session(name="new-paper")
+def new_paper(session: nox.Session) -> None:
+    """Start a paper from papers/_template: `nox -s new-paper -- my-idea --title "My Idea"`."""
+    run_py(session, "-m", "common.scaffold", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Speed benchmarks of every paper that has bench.py; results in reports/<paper>/bench.md."""
+    for slug in papers():
+        if (ROOT / "papers" / slug / "bench.py").exists():
+            run_py(
+                session, "-m", f"papers.{slug}.bench", "--out", str(ROOT / "reports" / slug), *session.posargs
+            )

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from common.data.corpus import CharTokenizer, LanguageModelingTask, TokenizedCorpus, fit_tokenizer, load_text
+from common.data.synthetic import generator
+from common.errors import PaperzooError
+from common.paths import data_dir
+
+SHAKESPEARE = data_dir() / "tinyshakespeare" / "input.txt" if data_dir() else None
+needs_shakespeare = pytest.mark.skipif(
+    not (SHAKESPEARE and SHAKESPEARE.exists()), reason="offline data absent"
+)
+
+
+def test_generator_is_pure_in_seed_split_index():
+    draw = lambda *key: torch.randint(0, 1000, (8,), generator=generator(*key))  # noqa: E731
+    assert torch.equal(draw(0, "train", 5), draw(0, "train", 5))
+    assert not torch.equal(draw(0, "train", 5), draw(1, "train", 5))
+    assert not torch.equal(draw(0, "train", 5), draw(0, "val", 5))
+    assert not torch.equal(draw(0, "train", 5), draw(0, "train", 6))
+
+
+def test_char_tokenizer_round_trip():
+    tok = CharTokenizer.fit("hello world")
+    assert tok.vocab_size == 8 and tok.decode(tok.encode("world hello")) == "world hello"
+
+
+def test_bpe_tokenizer_trains_locally_and_round_trips():
+    text = "the quick brown fox jumps over the lazy dog\n" * 200
+    tok = fit_tokenizer("bpe:300", text)
+    ids = tok.encode("the lazy fox")
+    assert tok.decode(ids) == "the lazy fox" and len(ids) < len("the lazy fox")
+
+
+def test_unknown_tokenizer_and_corpus():
+    with pytest.raises(PaperzooError, match="unknown tokenizer 'wordpiece'"):
+        fit_tokenizer("wordpiece", "abc")
+    with pytest.raises(PaperzooError, match="unknown corpus 'nope'"):
+        load_text("nope")
+
+
+def test_missing_corpus_offline_names_the_file_and_the_variable(lab, monkeypatch):
+    monkeypatch.setenv("PAPERZOO_DATA", str(lab / "empty"))
+    with pytest.raises(PaperzooError) as err:
+        load_text("tinyshakespeare")
+    message = str(err.value)
+    assert "tinyshakespeare/input.txt" in message and "PAPERZOO_DATA" in message and "offline" in message
+
+
+def test_local_text_file_is_tokenized_once_and_memory_mapped(lab):
+    corpus = lab / "tiny.txt"
+    corpus.write_text("abcdefghij" * 100)
+    first = TokenizedCorpus(str(corpus))
+    assert isinstance(first.ids, np.memmap) and first.vocab_size == 10 and len(first.ids) == 1000
+    corpus.write_text("zzzz")  # the cache, not the file, is read the second time
+    second = TokenizedCorpus(str(corpus))
+    assert np.array_equal(np.asarray(first.ids), np.asarray(second.ids))
+    assert len(second.splits["train"]) == 900 and len(second.splits["val"]) == 100
+
+
+@needs_shakespeare
+def test_tinyshakespeare_resolves_offline_from_the_shared_folder(lab):
+    task = LanguageModelingTask("tinyshakespeare", "char", block_size=32)
+    assert task.vocab_size == 65 and len(task.data.ids) == 1_115_394
+    a, b = task.batch("train", 3, 4, seed=0), task.batch("train", 3, 4, seed=0)
+    assert torch.equal(a["idx"], b["idx"]) and torch.equal(a["idx"][:, 1:], a["targets"][:, :-1])
+    assert task.data.tokenizer.decode(task.data.ids[:14]) == "First Citizen:"

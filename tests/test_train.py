@@ -1,0 +1,173 @@
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.config import Schedule, TrainConfig
+from common.errors import PaperzooError, TrainingDiverged
+from common.testing import REPO_ROOT
+from common.tracking import client
+from common.train import lr_multiplier, train
+from papers._template.model import Classifier
+from papers._template.task import RingsTask
+
+
+def quick(**kw) -> TrainConfig:
+    base = dict(
+        max_steps=40, batch_size=32, lr=0.01, min_lr=0.001, warmup_steps=5, ckpt_every=10, log_every=5
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+class Recorder:
+    def __init__(self):
+        self.rows = []
+
+    def log_metrics(self, metrics, step):
+        self.rows.append((step, metrics))
+
+
+def test_loss_decreases_on_a_toy():
+    torch.manual_seed(0)
+    sink = Recorder()
+    train(Classifier(hidden=32), RingsTask(test_size=200), quick(max_steps=100), tracker=sink, progress=False)
+    losses = [m["train/loss"] for _, m in sink.rows if "train/loss" in m]
+    assert losses[-1] < 0.5 * losses[0]
+    assert all("tokens_per_s" in m and "lr" in m for _, m in sink.rows if "train/loss" in m)
+
+
+def test_schedules():
+    cfg = TrainConfig(max_steps=100, lr=1.0, min_lr=0.1, warmup_steps=10)
+    assert lr_multiplier(cfg, 0) == pytest.approx(0.1)
+    assert lr_multiplier(cfg, 9) == pytest.approx(1.0)
+    assert lr_multiplier(cfg, 99) == pytest.approx(0.1)
+    assert lr_multiplier(cfg, 54) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    noam = TrainConfig(schedule=Schedule.noam, noam_d_model=512, warmup_steps=4000, lr=1.0)
+    assert lr_multiplier(noam, 3999) == pytest.approx(512**-0.5 * 4000**-0.5)
+    assert lr_multiplier(noam, 99) == pytest.approx(512**-0.5 * 100 * 4000**-1.5)
+
+
+class ExplodesAt(nn.Module):
+    def __init__(self, step: int, hidden: int = 8):
+        super().__init__()
+        self.inner, self.calls, self.step = Classifier(hidden=hidden), 0, step
+
+    def forward(self, batch):
+        self.calls += 1
+        loss = self.inner(batch)
+        return loss * float("nan") if self.calls > self.step else loss
+
+    def logits(self, x):
+        return self.inner.logits(x)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    ckpt = tmp_path / "last.pt"
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 25.*last good checkpoint"):
+        train(ExplodesAt(25), RingsTask(test_size=100), quick(), ckpt_path=ckpt, progress=False)
+    state = load_checkpoint(ckpt)
+    assert state["step"] == 20 and math.isfinite(state["loss"]) and not state["finished"]
+
+
+def test_checkpoint_is_atomic_and_corruption_is_reported_not_overwritten(tmp_path):
+    ckpt = tmp_path / "last.pt"
+    train(Classifier(hidden=8), RingsTask(test_size=100), quick(max_steps=10), ckpt_path=ckpt, progress=False)
+    assert load_checkpoint(ckpt)["finished"] and not list(tmp_path.glob("*.tmp"))
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(PaperzooError, match="corrupt or unreadable.*left untouched"):
+        train(
+            Classifier(hidden=8),
+            RingsTask(),
+            quick(max_steps=10),
+            ckpt_path=ckpt,
+            resume=True,
+            progress=False,
+        )
+    assert ckpt.read_bytes() == b"not a checkpoint"
+    save_checkpoint(ckpt, {"model": {}})
+    with pytest.raises(PaperzooError, match="incomplete"):
+        load_checkpoint(ckpt)
+
+
+def test_resume_in_process_matches_uninterrupted(tmp_path):
+    cfg = quick(max_steps=30)
+    torch.manual_seed(0)
+    full = train(
+        Classifier(hidden=16), RingsTask(test_size=100), cfg, ckpt_path=tmp_path / "a.pt", progress=False
+    )
+    torch.manual_seed(0)
+    ckpt = tmp_path / "b.pt"
+    with pytest.raises(TrainingDiverged):  # stop mid-run by diverging after step 17: checkpoint at 10
+        train(ExplodesAt(17, hidden=16), RingsTask(test_size=100), cfg, ckpt_path=ckpt, progress=False)
+    state = load_checkpoint(ckpt)
+    state["model"] = {k.removeprefix("inner."): v for k, v in state["model"].items()}
+    save_checkpoint(ckpt, state)
+    torch.manual_seed(123)  # resume must not depend on the ambient RNG
+    resumed = train(
+        Classifier(hidden=16), RingsTask(test_size=100), cfg, ckpt_path=ckpt, resume=True, progress=False
+    )
+    assert resumed.resumed_from == 10
+    assert resumed.final_loss == pytest.approx(full.final_loss, abs=1e-6)
+
+
+def _final_loss(store, run_name="rings/mlp/s0"):
+    mlflow_client = client(f"sqlite:///{store / 'mlflow.db'}")
+    exp = mlflow_client.get_experiment_by_name("_template")
+    runs = mlflow_client.search_runs([exp.experiment_id], f"attributes.run_name = '{run_name}'")
+    return runs
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_finishes_the_same_mlflow_run_with_the_same_loss(tmp_path):
+    from common.testing import lab_env, run_cli
+
+    args = ["-m", "common.reproduce", "template", "scale=smoke", "train.max_steps=1500", "train.ckpt_every=25",
+            "only=[rings/mlp]", "progress=false"]  # fmt: skip
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    env = {**lab_env(killed), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, env={**__import__("os").environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    ckpt = killed / "runs" / "_template" / "smoke" / "rings-mlp-s0" / "last.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    step_at_kill = load_checkpoint(ckpt)["step"]
+    assert 0 < step_at_kill < 1500
+
+    resumed = run_cli(*args, "resume=true", env=lab_env(killed))
+    assert resumed.returncode == 0, resumed.stderr
+    uninterrupted = run_cli(*args, env=lab_env(clean))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+
+    runs_killed, runs_clean = _final_loss(killed), _final_loss(clean)
+    assert len(runs_killed) == 1  # the resumed run is the same MLflow run, not a new one
+    assert runs_killed[0].info.status == "FINISHED" and runs_killed[0].data.tags["resumed"] == "true"
+    a = runs_killed[0].data.metrics["final/train_loss"]
+    b = runs_clean[0].data.metrics["final/train_loss"]
+    assert a == pytest.approx(b, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(tmp_path):
+    from common.testing import lab_env, run_cli
+
+    args = ["common.reproduce", "template", "scale=smoke", "train.max_steps=30", "only=[rings/mlp]",
+            "progress=false", "train.batch_size=64"]  # fmt: skip
+    single = run_cli("-m", *args, env=lab_env(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    ddp = run_cli("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", *args,
+                  env=lab_env(tmp_path / "two"))  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    one = _final_loss(tmp_path / "one")[0].data.metrics["final/train_loss"]
+    two = _final_loss(tmp_path / "two")
+    assert len(two) == 1  # only rank 0 logs
+    assert two[0].data.metrics["final/train_loss"] == pytest.approx(one, abs=1e-5)
