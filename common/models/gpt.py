@@ -28,7 +28,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -121,7 +120,9 @@ def gpt_config_from_hf(hf: dict, dropout: float = 0.0) -> GPTConfig:
     }
     for name, (default, allowed) in supported.items():
         if hf.get(name, default) not in allowed:
-            raise ValueError(f"unsupported GPT-2 config {name}={hf[name]!r}; this implementation needs {allowed}")
+            raise ValueError(
+                f"unsupported GPT-2 config {name}={hf[name]!r}; this implementation needs {allowed}"
+            )
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         block_size=hf["n_positions"],

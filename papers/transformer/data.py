@@ -1,0 +1,168 @@
+"""Data for the Transformer: Multi30k de->en with a joint BPE vocabulary, BLEU, and the copy task.
+
+Vaswani et al. 2017 (arXiv 1706.03762, Sec. 5.1) train on WMT 2014 with a shared source-target
+byte-pair-encoding vocabulary (Sennrich et al. 2016). At our scale we use Multi30k task 1
+(Elliott et al. 2016): 29,000 / 1,014 / 1,000 German-English image-caption pairs (train / val /
+test_2016_flickr), read from ``$PAPERZOO_DATA/multi30k/{train,val,test_2016_flickr}.{de,en}.gz``
+or, when those are missing and the machine is online, from the hub dataset ``bentrevett/multi30k``.
+
+Vocabulary: one BPE model trained with ``tokenizers`` on the German and English training sentences
+(Metaspace pre-tokenisation, so decoding restores the spaces), special tokens <pad>=0, <s>=1 (BOS),
+</s>=2 (EOS), <unk>=3, cached as JSON under ``$PAPERZOO_CACHE/transformer/``.
+
+Batches (``common.train`` Task contract, pure in (seed, index)): pairs are shuffled once per epoch
+and padded on the right:
+
+    src = x + [EOS]   (B, S)        tgt_in = [BOS] + y   (B, T)        tgt_out = y + [EOS]   (B, T)
+
+BLEU: ``sacrebleu.corpus_bleu`` on detokenised hypotheses against the raw references.
+
+Copy task (the Annotated Transformer's first sanity check): the target is the source, 10 symbols
+drawn from a vocabulary of 11 (3 of them specials: <pad>=0, <s>=1, </s>=2).
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import torch
+
+from common.data.corpus import offline
+from common.data.synthetic import generator
+from common.errors import PaperzooError
+from common.paths import cache_dir, data_dir
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+SPLIT_FILES = {"train": "train", "val": "val", "test": "test_2016_flickr"}
+HUB_SPLITS = {"train": "train", "val": "validation", "test": "test"}
+HUB_DATASET = "bentrevett/multi30k"
+
+
+# ---- Multi30k --------------------------------------------------------------------------------
+def _read_lines(path: Path) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [line.strip() for line in f]
+
+
+def load_multi30k(split: str, root: Path | None = None) -> list[tuple[str, str]]:
+    """(German, English) sentence pairs of ``split`` in {"train", "val", "test"}."""
+    if split not in SPLIT_FILES:
+        raise PaperzooError(f"unknown Multi30k split '{split}'; choose train, val or test")
+    root = root if root is not None else data_dir()
+    folder = (root if root else Path("$PAPERZOO_DATA")) / "multi30k"
+    de_path, en_path = (folder / f"{SPLIT_FILES[split]}.{lang}.gz" for lang in ("de", "en"))
+    if de_path.is_file() and en_path.is_file():
+        de, en = _read_lines(de_path), _read_lines(en_path)
+        if len(de) != len(en):
+            raise PaperzooError(f"{de_path} has {len(de)} lines but {en_path} has {len(en)}")
+        return list(zip(de, en))
+    missing = de_path if not de_path.is_file() else en_path
+    if offline():
+        raise PaperzooError(
+            f"Multi30k is not available offline: expected {missing}; "
+            "set PAPERZOO_DATA to the folder holding multi30k/"
+        )
+    import datasets
+
+    datasets.disable_progress_bars()
+    rows = datasets.load_dataset(HUB_DATASET, split=HUB_SPLITS[split])
+    return [(de.strip(), en.strip()) for de, en in zip(rows["de"], rows["en"])]
+
+
+# ---- joint BPE vocabulary ----------------------------------------------------------------------
+def train_bpe(texts: list[str], vocab_size: int):
+    """A BPE ``tokenizers.Tokenizer`` over ``texts`` with <pad>, <s>, </s>, <unk> as ids 0-3."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS, UNK], show_progress=False
+    )
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+def multi30k_bpe(vocab_size: int = 8000, root: Path | None = None, cache: Path | None = None):
+    """The joint de+en BPE of the Multi30k training split, trained once and cached."""
+    from tokenizers import Tokenizer
+
+    path = (cache or cache_dir() / "transformer") / f"multi30k-bpe{vocab_size}.json"
+    if path.is_file():
+        return Tokenizer.from_file(str(path))
+    pairs = load_multi30k("train", root)
+    tok = train_bpe([s for pair in pairs for s in pair], vocab_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tok.save(str(tmp))
+    tmp.replace(path)
+    return tok
+
+
+def encode_pairs(tok, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """Sentence pairs -> BPE id pairs (no specials)."""
+    src = tok.encode_batch([s for s, _ in pairs], add_special_tokens=False)
+    tgt = tok.encode_batch([t for _, t in pairs], add_special_tokens=False)
+    return [(s.ids, t.ids) for s, t in zip(src, tgt)]
+
+
+def detokenize(tok, ids: list[int]) -> str:
+    return tok.decode(ids, skip_special_tokens=True)
+
+
+def bleu(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus BLEU (sacrebleu, 13a tokenisation) of detokenised hypotheses against one reference each."""
+    import sacrebleu
+
+    return sacrebleu.corpus_bleu(hypotheses, [references]).score
+
+
+# ---- batches -------------------------------------------------------------------------------------
+def pad_right(rows: list[list[int]], pad_id: int) -> torch.Tensor:
+    out = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int = PAD_ID) -> dict[str, torch.Tensor]:
+    """(x, y) id pairs -> {"src": x+[EOS], "tgt_in": [BOS]+y, "tgt_out": y+[EOS]}, right-padded."""
+    return {
+        "src": pad_right([x + [EOS_ID] for x, _ in examples], pad_id),
+        "tgt_in": pad_right([[BOS_ID] + y for _, y in examples], pad_id),
+        "tgt_out": pad_right([y + [EOS_ID] for _, y in examples], pad_id),
+    }
+
+
+def translation_batch(
+    examples: list[tuple[list[int], list[int]]], index: int, batch_size: int, seed: int
+) -> dict[str, torch.Tensor]:
+    """Batch ``index`` of an endless stream of epochs, each a fresh shuffle; pure in (seed, index)."""
+    per_epoch = max(len(examples) // batch_size, 1)
+    epoch, position = divmod(index, per_epoch)
+    order = torch.randperm(len(examples), generator=generator(seed, "train", epoch))
+    chosen = order[position * batch_size : (position + 1) * batch_size].tolist()
+    return collate([examples[i] for i in chosen])
+
+
+# ---- copy task -------------------------------------------------------------------------------------
+COPY_VOCAB, COPY_LENGTH = 11, 10
+
+
+def copy_task_batch(
+    step: int,
+    batch_size: int,
+    seed: int,
+    vocab_size: int = COPY_VOCAB,
+    length: int = COPY_LENGTH,
+    split: str = "train",
+) -> dict[str, torch.Tensor]:
+    """Random symbols x in {3, ..., V-1}^length; src = x, tgt_in = [BOS] + x, tgt_out = x + [EOS]."""
+    x = torch.randint(3, vocab_size, (batch_size, length), generator=generator(seed, split, step))
+    bos = torch.full((batch_size, 1), BOS_ID, dtype=torch.long)
+    eos = torch.full((batch_size, 1), EOS_ID, dtype=torch.long)
+    return {"src": x, "tgt_in": torch.cat([bos, x], dim=1), "tgt_out": torch.cat([x, eos], dim=1)}

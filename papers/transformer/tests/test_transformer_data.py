@@ -1,0 +1,112 @@
+"""Multi30k loading, joint BPE, batches, BLEU, the copy task; translation end to end on fixtures."""
+
+import gzip
+
+import pytest
+import torch
+
+from common.errors import PaperzooError
+from common.paths import data_dir
+from papers.transformer.data import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    bleu,
+    collate,
+    copy_task_batch,
+    detokenize,
+    encode_pairs,
+    load_multi30k,
+    multi30k_bpe,
+    translation_batch,
+)
+from papers.transformer.decode import translate
+from papers.transformer.model import Transformer, TransformerConfig
+
+DE = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee.", "Eine Frau liest ein Buch."] * 4
+EN = ["A man rides a bike.", "Two dogs play in the snow.", "A woman reads a book."] * 4
+
+
+@pytest.fixture
+def fixture_root(tmp_path):
+    folder = tmp_path / "data" / "multi30k"
+    folder.mkdir(parents=True)
+    for stem in ("train", "val", "test_2016_flickr"):
+        for lang, lines in (("de", DE), ("en", EN)):
+            with gzip.open(folder / f"{stem}.{lang}.gz", "wt", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+    return tmp_path / "data"
+
+
+def test_reads_offline_files_and_builds_a_cached_joint_bpe(fixture_root, tmp_path):
+    pairs = load_multi30k("train", fixture_root)
+    assert pairs[:2] == [(DE[0], EN[0]), (DE[1], EN[1])] and len(pairs) == 12
+    tok = multi30k_bpe(vocab_size=120, root=fixture_root, cache=tmp_path / "cache")
+    assert (tmp_path / "cache" / "multi30k-bpe120.json").is_file()
+    assert [tok.token_to_id(t) for t in ("<pad>", "<s>", "</s>", "<unk>")] == [0, 1, 2, 3]
+    ids = encode_pairs(tok, pairs)
+    assert [detokenize(tok, y) for _, y in ids] == EN  # lossless detokenisation
+    assert [detokenize(tok, x) for x, _ in ids] == DE  # one vocabulary for both languages
+    cached = multi30k_bpe(vocab_size=120, root=tmp_path / "nowhere", cache=tmp_path / "cache")
+    assert cached.encode(EN[0]).ids == tok.encode(EN[0]).ids
+
+
+@pytest.mark.skipif(
+    data_dir() is None or not (data_dir() / "multi30k" / "train.de.gz").is_file(),
+    reason="no offline Multi30k",
+)
+def test_reads_the_real_multi30k():
+    sizes = {split: len(load_multi30k(split)) for split in ("train", "val", "test")}
+    assert sizes == {"train": 29000, "val": 1014, "test": 1000}
+    de, en = load_multi30k("val")[0]
+    assert de and en and "\n" not in de
+
+
+def test_missing_files_offline_give_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPERZOO_DATA", str(tmp_path))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(PaperzooError) as err:
+        load_multi30k("train")
+    message = str(err.value)
+    assert "\n" not in message and "PAPERZOO_DATA" in message
+    assert str(tmp_path / "multi30k" / "train.de.gz") in message
+
+
+def test_collate_and_batches_are_deterministic():
+    examples = [([5 + i] * (1 + i % 4), [6 + i] * (2 + i % 3)) for i in range(10)]
+    batch = collate(examples[:2])
+    assert batch["src"].tolist() == [[5, EOS_ID, PAD_ID], [6, 6, EOS_ID]]
+    assert batch["tgt_in"].tolist() == [[BOS_ID, 6, 6, PAD_ID], [BOS_ID, 7, 7, 7]]
+    assert batch["tgt_out"].tolist() == [[6, 6, EOS_ID, PAD_ID], [7, 7, 7, EOS_ID]]
+    a, b = translation_batch(examples, 3, 4, seed=0), translation_batch(examples, 3, 4, seed=0)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    firsts = {tuple(translation_batch(examples, i, 5, seed=0)["src"][:, 0].tolist()) for i in range(2)}
+    assert sorted(x for batch in firsts for x in batch) == list(range(5, 15))  # an epoch sees every pair once
+
+
+def test_copy_task_batches():
+    a, b = copy_task_batch(3, 8, seed=0), copy_task_batch(3, 8, seed=0)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["src"], copy_task_batch(4, 8, seed=0)["src"])
+    assert not torch.equal(a["src"], copy_task_batch(3, 8, seed=1)["src"])
+    assert a["src"].shape == (8, 10) and a["src"].min() >= 3 and a["src"].max() <= 10
+    assert torch.equal(a["tgt_in"][:, 1:], a["src"]) and (a["tgt_in"][:, 0] == BOS_ID).all()
+    assert torch.equal(a["tgt_out"][:, :-1], a["src"]) and (a["tgt_out"][:, -1] == EOS_ID).all()
+
+
+def test_bleu():
+    assert bleu(EN, EN) == pytest.approx(100.0)
+    assert bleu(["a completely different sentence here ."] * 3, EN[:3]) < 5
+
+
+def test_translate_end_to_end(fixture_root, tmp_path):
+    tok = multi30k_bpe(vocab_size=120, root=fixture_root, cache=tmp_path / "cache")
+    torch.manual_seed(0)
+    model = Transformer(
+        TransformerConfig(vocab_size=tok.get_vocab_size(), d_model=16, n_heads=2, d_ff=32, n_layers=1)
+    )
+    out = translate(model, tok, DE[:3], beam_size=2)
+    assert len(out) == 3 and all(isinstance(s, str) for s in out)
+    assert translate(model, tok, DE[:3], beam_size=1, batch_size=2) == translate(
+        model, tok, DE[:3], beam_size=1
+    )
