@@ -10,7 +10,7 @@ Each claim in ``paper.yaml``::
       measure:
         task: selective_copying           # which of our runs measures it ...
         variant: s6
-        metric: test/acc                  # ... with which metric; a glob ("acc@L=*") is reduced
+        metric: test/acc                  # ... with which metric; a glob ("acc/L*") is reduced
         reduce: min                       # min | max | mean (over the metrics the glob matches)
         relative_to: lti                  # optional: ours = value(variant) - value(relative_to)
       criteria: {smoke: null, cpu: ">= 0.95", gpu: ">= 0.99"}
@@ -129,7 +129,7 @@ def evaluate_claim(claim: dict[str, Any], runs: dict[tuple, Any], preset: str) -
 
 # ---- figures -------------------------------------------------------------------------------
 def _length_of(name: str) -> float | None:
-    match = re.search(r"L=(\d+)", name)
+    match = re.search(r"L=?(\d+)$", name)
     return float(match.group(1)) if match else None
 
 

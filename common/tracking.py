@@ -8,7 +8,7 @@ One MLflow experiment per paper; one run per (task, variant, seed) named ``<task
 Params are the flattened resolved config; per-step metrics are buffered and sent with
 ``log_batch`` (one call per metric costs ~8 ms); tags carry the git commit and dirty flag, device,
 torch version, preset, paper, task, variant and claim ids. Metric names are shared across papers
-(``train/loss``, ``val/loss``, ``tokens_per_s``, ``acc@L=1024`` ...) so that runs of different papers
+(``train/loss``, ``val/loss``, ``tokens_per_s``, ``acc/L1024`` ...) so that runs of different papers
 on the same task line up in one MLflow comparison view.
 """
 

@@ -4,7 +4,7 @@ Contracts
     model(batch) -> loss  or  (loss, {name: scalar})          a paper's nn.Module
     task.batch(split, index, batch_size, seed) -> {name: (B, ...) tensor}
         deterministic in (seed, index): the data position of a run is just its step
-    task.evaluate(model, device) -> {metric: float}            e.g. {"val/loss": 1.9, "acc@L=1024": 1.0}
+    task.evaluate(model, device) -> {metric: float}            e.g. {"val/loss": 1.9, "acc/L1024": 1.0}
 
 Features: device auto (cuda > mps > cpu), bf16 autocast on CUDA, optional torch.compile, AdamW
 with decay/no-decay groups, warmup + cosine / constant / noam schedules (LambdaLR), gradient

@@ -24,3 +24,108 @@ def generator(seed: int, split: str, index: int) -> torch.Generator:
     """A torch.Generator determined by (seed, split, index) and nothing else."""
     digest = hashlib.blake2b(f"{seed}/{SPLITS.get(split, split)}/{index}".encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+
+
+# ---- selective copying -----------------------------------------------------------------------
+NOISE, MARKER = 0, 1  # selective copying: data tokens are 2 .. vocab-1
+
+
+def selective_copying(g: torch.Generator, batch_size: int, n_ctx: int, n_data: int = 16, vocab: int = 16):
+    """(idx, targets), each (B, n_ctx + n_data).
+
+    The context holds ``n_data`` data tokens at random positions among noise tokens; then come
+    ``n_data`` marker tokens, at which the model must emit the data tokens in order. Only those
+    positions carry a target; the rest are IGNORE_INDEX.
+    """
+    positions = (
+        torch.rand(batch_size, n_ctx, generator=g).argsort(dim=1)[:, :n_data].sort(dim=1).values
+    )  # (B, n)
+    tokens = torch.randint(2, vocab, (batch_size, n_data), generator=g)  # (B, n)
+    context = torch.full((batch_size, n_ctx), NOISE).scatter_(1, positions, tokens)  # (B, n_ctx)
+    idx = torch.cat([context, torch.full((batch_size, n_data), MARKER)], dim=1)  # (B, n_ctx + n)
+    targets = torch.full_like(idx, IGNORE_INDEX)
+    targets[:, n_ctx:] = tokens
+    return idx, targets
+
+
+def induction_heads(g: torch.Generator, batch_size: int, length: int, vocab: int = 16):
+    """(idx, targets), each (B, length): random tokens with a trigger token (vocab - 1) placed once,
+    followed by a value; the sequence ends with the trigger again and the target is that value."""
+    trigger = vocab - 1
+    idx = torch.randint(0, trigger, (batch_size, length), generator=g)  # (B, L), no trigger yet
+    first = torch.randint(0, length - 2, (batch_size,), generator=g)  # (B,)
+    rows = torch.arange(batch_size)
+    idx[rows, first] = trigger
+    idx[:, -1] = trigger
+    targets = torch.full_like(idx, IGNORE_INDEX)
+    targets[:, -1] = idx[rows, first + 1]
+    return idx, targets
+
+
+@torch.no_grad()
+def _accuracy(model, idx: torch.Tensor, targets: torch.Tensor, device, max_tokens: int) -> tuple[int, int]:
+    """(correct, total) over target positions, in slices of at most ``max_tokens`` tokens."""
+    step = max(1, max_tokens // idx.shape[1])
+    correct = total = 0
+    for i in range(0, idx.shape[0], step):
+        x, y = idx[i : i + step].to(device), targets[i : i + step].to(device)
+        mask = y != IGNORE_INDEX
+        if mask[:, :-1].any():
+            logits = model.logits(x)  # (b, L, V)
+            pred = logits.argmax(-1)
+        else:  # only the last position is scored: keep the (b, L, V) logits small
+            pred = model.logits(x)[:, -1:].argmax(-1)
+            y, mask = y[:, -1:], mask[:, -1:]
+        correct += int((pred == y)[mask].sum())
+        total += int(mask.sum())
+    return correct, total
+
+
+class SelectiveCopying:
+    """Mamba Table 1 task. Reports ``test/acc``: per-token accuracy of the copied tokens."""
+
+    def __init__(
+        self, n_ctx: int, n_data: int = 16, vocab: int = 16, test_size: int = 512, eval_seed: int = 1234
+    ):
+        self.n_ctx, self.n_data, self.vocab, self.test_size, self.eval_seed = (
+            n_ctx,
+            n_data,
+            vocab,
+            test_size,
+            eval_seed,
+        )
+
+    def batch(self, split: str, index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+        idx, targets = selective_copying(
+            generator(seed, split, index), batch_size, self.n_ctx, self.n_data, self.vocab
+        )
+        return {"idx": idx, "targets": targets}
+
+    def evaluate(self, model, device) -> dict[str, float]:
+        test = self.batch("test", 0, self.test_size, self.eval_seed)
+        correct, total = _accuracy(model, test["idx"], test["targets"], device, max_tokens=2**16)
+        return {"test/acc": correct / total}
+
+
+class InductionHeads:
+    """Mamba Table 2 task: trained at ``train_len``, tested at every length in ``test_lengths``.
+
+    Reports ``acc/L<n>`` for each test length (fresh random data every training step)."""
+
+    def __init__(self, train_len: int = 256, vocab: int = 16, test_lengths: tuple[int, ...] = (64, 256, 1024),
+                 test_size: int = 256, max_eval_tokens: int = 2**17, eval_seed: int = 1234):  # fmt: skip
+        self.train_len, self.vocab, self.test_lengths = train_len, vocab, tuple(test_lengths)
+        self.test_size, self.max_eval_tokens, self.eval_seed = test_size, max_eval_tokens, eval_seed
+
+    def batch(self, split: str, index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+        idx, targets = induction_heads(generator(seed, split, index), batch_size, self.train_len, self.vocab)
+        return {"idx": idx, "targets": targets}
+
+    def evaluate(self, model, device) -> dict[str, float]:
+        metrics = {}
+        for length in self.test_lengths:
+            n = max(16, min(self.test_size, 4 * self.max_eval_tokens // length))
+            idx, targets = induction_heads(generator(self.eval_seed, "test", length), n, length, self.vocab)
+            correct, total = _accuracy(model, idx, targets, device, self.max_eval_tokens)
+            metrics[f"acc/L{length}"] = correct / total
+        return metrics

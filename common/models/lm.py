@@ -111,7 +111,8 @@ class CausalLM(nn.Module):
         self.pos_embed = nn.Embedding(max_len, d_model) if positions == "learned" else None
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            Block(d_model, mixer_factory(i), mlp_factory(i) if mlp_factory else None, norm) for i in range(n_layers)
+            Block(d_model, mixer_factory(i), mlp_factory(i) if mlp_factory else None, norm)
+            for i in range(n_layers)
         )
         self.norm_f = make_norm(norm, d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)

@@ -9,7 +9,7 @@ Selection (Sec. 3.2, Algorithm 2): Δ, B, C depend on the time step t; Δ = soft
 As in the official kernels, B̄ uses the first-order (Euler) approximation B̄_t ≈ Δ_t B_t, so
 
     h_t[b, d, n] = exp(Δ_t[b, d] A[d, n]) h_{t-1}[b, d, n] + Δ_t[b, d] B_t[b, n] u_t[b, d]
-    y_t[b, d]    = sum_n C_t[b, n] h_t[b, d, n] + D[d] u_t[b, d]        (D: skip connection, Sec. 3.4)
+    y_t[b, d]    = sum_n C_t[b, n] h_t[b, d, n] + D[d] u_t[b, d]        (D: the SSM's skip term, as in S4)
     out          = y * SiLU(z)                                          (gate of the Mamba block, Fig. 3)
 
 Signature, shapes and semantics follow mamba_ssm's ``selective_scan_ref`` (real-valued, ungrouped case):
@@ -18,11 +18,12 @@ Signature, shapes and semantics follow mamba_ssm's ``selective_scan_ref`` (real-
     B, C: (d, n) time-invariant (S4-style) or (batch, n, L) selective (S6)
     out: (batch, d, L) in u's dtype; last_state: (batch, d, n)
 
-Math is done in fp32, or in fp64 for fp64 inputs.
+Math is done in fp32, or in fp64 for fp64 inputs (so that tests can compare to ~1e-10).
 
-``selective_scan_ref`` is the readable sequential loop. ``selective_scan`` is the fast path: mamba_ssm's fused
-CUDA kernel when it is installed and the inputs live on a GPU, otherwise a blocked two-level scan in plain
-PyTorch with a hand-written backward (``LinearScan``): O(L) work in O(sqrt L) sequential steps.
+``selective_scan_ref`` is the readable loop, one time step at a time. ``selective_scan`` is the fast path:
+mamba_ssm's fused kernel (the hardware-aware scan of Sec. 3.3.2) when it is installed and the inputs live on a
+GPU, otherwise ``ChunkedSelectiveScan``, a two-level chunked scan in plain PyTorch with a hand-written backward:
+O(L) work in O(sqrt L) sequential steps, an order of magnitude faster than the reference on CPU (bench.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-try:  # the fused, hardware-aware kernel of Sec. 3.3.2; optional and CUDA-only
+try:  # optional, CUDA-only
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _fused_selective_scan
 except (ImportError, OSError):
     _fused_selective_scan = None
@@ -80,83 +81,117 @@ def selective_scan_ref(
 
 
 # ---- fast path ------------------------------------------------------------------------------------------
-def _blocked_scan(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """h_t = a_t h_{t-1} + x_t along dim 0 with h_{-1} = 0; a, x, h: (L, M), a_0 is never read.
-
-    Reduce-then-scan over K chunks of T ≈ sqrt(L/2) steps (the first K*T steps; the rest run one by one):
-      1. end state of every chunk started from zero, all chunks in parallel        T steps on (K, M)
-      2. carry across chunks: H_k = (prod_j a_{k,j}) H_{k-1} + end_k                 K steps on (M,)
-      3. rerun every chunk from its true initial state H_{k-1}, writing h           T steps on (K, M)
-    Only products of the a_t are formed (no division by a cumulative product, no exp of a positive sum),
-    so it is as stable as the sequential recurrence.
-    """
-    length = a.shape[0]
-    T = max(1, round(math.sqrt(length / 2)))
-    K = length // T
-    a_blk, x_blk = a[: K * T].view(K, T, -1), x[: K * T].view(K, T, -1)  # (K, T, M)
-    end = x_blk[:, 0].clone()  # (K, M)
-    for j in range(1, T):
-        end = torch.addcmul(x_blk[:, j], a_blk[:, j], end)
-    decay = a_blk.prod(dim=1)  # (K, M)   Ā accumulated over a whole chunk
-    for k in range(1, K):
-        end[k].addcmul_(decay[k], end[k - 1])  # end[k] is now H_k, the state after chunk k
-    h = torch.empty_like(x)
-    h_blk = h[: K * T].view(K, T, -1)  # (K, T, M)
-    h_blk[:, 0] = x_blk[:, 0]
-    h_blk[1:, 0].addcmul_(a_blk[1:, 0], end[:-1])
-    for j in range(1, T):
-        torch.addcmul(x_blk[:, j], a_blk[:, j], h_blk[:, j - 1], out=h_blk[:, j])
-    for t in range(K * T, length):
-        torch.addcmul(x[t], a[t], h[t - 1], out=h[t])
-    return h
+def _sum_n(x: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """sum_n M[..., n, :] x[..., n, d] -> (..., d) for x (..., n, d) and M = B_t or C_t."""
+    if M.shape[-1] == 1:  # selective (..., n, 1): a batch of (1, n) @ (n, d) products, no temporary
+        return (M.transpose(-1, -2) @ x).squeeze(-2)
+    return (x * M).sum(-2)  # time-invariant (n, d)
 
 
-class LinearScan(torch.autograd.Function):
-    """h = scan(log_a, x): h_t = exp(log_a_t) h_{t-1} + x_t along dim 0, h_{-1} = 0; (L, M) -> (L, M).
+def _sum_d(x: torch.Tensor, v: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """Gradient of M = B_t or C_t from the term sum_n,d M[n, :] x[..., n, d] v[..., 0, d]: M's shape."""
+    if M.shape[-1] == 1:  # selective: a batch of (n, d) @ (d, 1) products
+        return x @ v.transpose(-1, -2)
+    return (x * v).sum_to_size(M.shape)  # time-invariant: summed over the chunks and the batch
 
-    Backward (adjoint recurrence, run backwards in time with the same blocked scan):
-        g_t = dLoss/dh_t + a_{t+1} g_{t+1},   dLoss/dx_t = g_t,   dLoss/dlog_a_t = g_t a_t h_{t-1}
+
+class ChunkedSelectiveScan(torch.autograd.Function):
+    """y, h_last = S6 core (Eq. 2a, 2b, 4) on a time axis cut into K chunks of T steps, hand-written backward.
+
+    Inputs are laid out (step in chunk j, chunk k, batch, ...), time t = k*T + j, with the state index n
+    before the channel d so that the innermost (vectorised) axis is d: delta, u (T, K, b, d); A (n, d);
+    B, C (T, K, b, n, 1) (selective) or (T, 1, 1, n, d) (time-invariant, expanded).
+    Outputs y (T, K, b, d) and h_last (b, n, d).
+
+    Forward: Ā_t and B̄_t x_t for every t at once, then a two-level scan, each level a short sequential
+    loop over big tensors, that turns B̄_t x_t into h_t in place:
+      1. the end state of every chunk started from zero, all K chunks in parallel                T steps
+      2. the state entering chunk k:  H_k = exp(A sum_{t in chunk k-1} Δ_t) H_{k-1} + end_{k-1}   K steps
+         (the decay over a whole chunk from its sum of Δ: log space, only products of Ā otherwise,
+         never a division by a cumulative product, so as stable as the sequential recurrence)
+      3. rerun all chunks from their entering states: h_t = Ā_t h_{t-1} + B̄_t x_t                 T steps
+    i.e. 2T + K ~ 3 sqrt(L/2) sequential steps; then y_t = C_t h_t for every t at once.
+    Backward: the same three phases backwards in time on the adjoint g_t = dLoss/dh_t (total) and
+    G_t = Ā_t g_t, using
+        g_t = C_t dy_t + G_{t+1},   dLoss/d(B̄_t x_t) = g_t,   dLoss/dlog Ā_t = G_t h_{t-1},
+    and every gradient is built for one step j of all K chunks at a time: Ā and h, stored by the forward
+    (exp is the costliest op on CPU), are the only tensors of size (T, K, b, n, d).
     """
 
     @staticmethod
-    def forward(ctx, log_a, x):
-        a = log_a.exp()  # (L, M)
-        h = _blocked_scan(a, x)
-        ctx.save_for_backward(a, h)
-        return h
+    def forward(ctx, delta, u, A, B, C):
+        A_bar = (delta[..., None, :] * A).exp_()  # (T, K, b, n, d)   Eq. 4
+        hs = (delta * u)[
+            ..., None, :
+        ] * B  # (T, K, b, n, d)   B̄_t x_t = Δ_t u_t B_t, turned into h_t in place
+        T, K = delta.shape[:2]
+        end = hs[0].clone()  # (K, b, n, d)
+        for j in range(1, T):
+            end = torch.addcmul(hs[j], A_bar[j], end)
+        decay = torch.exp(delta.sum(0)[..., None, :] * A)  # (K, b, n, d)   Ā over a whole chunk
+        h0 = torch.zeros_like(end)  # (K, b, n, d)   state entering each chunk
+        for k in range(1, K):
+            torch.addcmul(end[k - 1], decay[k - 1], h0[k - 1], out=h0[k])
+        hs[0].addcmul_(A_bar[0], h0)
+        for j in range(1, T):
+            hs[j].addcmul_(A_bar[j], hs[j - 1])  # Eq. 2a
+        ctx.save_for_backward(delta, u, A, B, C, A_bar, hs, h0)
+        return _sum_n(hs, C), hs[-1, -1].clone()  # Eq. 2b: y (T, K, b, d), h_last (b, n, d)
 
     @staticmethod
-    def backward(ctx, grad_h):
-        a, h = ctx.saved_tensors
-        a_rev = a.flip(0).roll(1, dims=0)  # a_rev[s] = a[L - s]: the factor multiplying g_{t+1}, reversed
-        g = _blocked_scan(a_rev, grad_h.flip(0)).flip(0)  # (L, M)
-        grad_log_a = torch.zeros_like(g)
-        torch.mul(g[1:] * a[1:], h[:-1], out=grad_log_a[1:])
-        return grad_log_a, g
+    def backward(ctx, dy, dh_last):
+        delta, u, A, B, C, A_bar, hs, h0 = ctx.saved_tensors
+        T, K = delta.shape[:2]
+        dy, du = dy[..., None, :], (delta * u)[..., None, :]  # (T, K, b, 1, d)
+        G_end = torch.zeros_like(h0)  # (K, b, n, d)   G at the first step of each chunk, from zero after it
+        for j in reversed(range(T)):
+            G_end = A_bar[j] * torch.addcmul(G_end, dy[j], C[j])
+        decay = torch.exp(delta.sum(0)[..., None, :] * A)  # (K, b, n, d)
+        G = torch.empty_like(h0)  # (K, b, n, d)   G entering each chunk from the right
+        G[-1] = dh_last
+        for k in reversed(range(K - 1)):
+            torch.addcmul(G_end[k + 1], decay[k + 1], G[k + 1], out=G[k])
+        grad_delta, grad_u = torch.empty_like(delta), torch.empty_like(u)
+        grad_A, grad_B, grad_C = torch.zeros_like(h0), [], []  # grad_A summed over (K, b) at the end
+        for j in reversed(range(T)):
+            g = torch.addcmul(G, dy[j], C[j])  # (K, b, n, d)   dLoss/dh_t = dLoss/d(B̄_t x_t)
+            G = A_bar[j] * g
+            grad_log_A_bar = G * (hs[j - 1] if j > 0 else h0)  # (K, b, n, d)
+            grad_du = _sum_n(g, B[j])  # (K, b, d)
+            torch.addcmul((grad_log_A_bar * A).sum(-2), grad_du, u[j], out=grad_delta[j])
+            torch.mul(grad_du, delta[j], out=grad_u[j])
+            grad_A.addcmul_(grad_log_A_bar, delta[j, ..., None, :])
+            grad_B.append(_sum_d(g, du[j], B[j]))
+            grad_C.append(_sum_d(hs[j], dy[j], C[j]))
+        grad_B, grad_C = torch.stack(grad_B[::-1]), torch.stack(grad_C[::-1])
+        return grad_delta, grad_u, grad_A.sum((0, 1)), grad_B, grad_C
 
 
-def _time_major(t: torch.Tensor) -> torch.Tensor:
-    return t.permute(2, 0, 1).contiguous()  # (batch, c, L) -> (L, batch, c)
+def _chunked(t: torch.Tensor, K: int, T: int) -> torch.Tensor:
+    """(batch, c, L) -> (T, K, batch, c), time t = k*T + j zero-padded to K*T steps (Δ = 0: h unchanged)."""
+    t = F.pad(t, (0, K * T - t.shape[-1])).permute(2, 0, 1)  # (K*T, batch, c)
+    return t.view(K, T, *t.shape[1:]).transpose(0, 1).contiguous()
 
 
 def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
 ):
-    """Same contract as ``selective_scan_ref``; fused CUDA kernel if available, else the blocked scan."""
+    """Same contract as ``selective_scan_ref``; fused CUDA kernel if available, else the chunked scan."""
     if _fused_selective_scan is not None and u.is_cuda and u.dtype != torch.float64:
         return _fused_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     dtype_in, dtype = u.dtype, _compute_dtype(u.dtype)
     batch, d, length = u.shape
-    n = A.shape[1]
     u, A, B, C = u.to(dtype), A.to(dtype), B.to(dtype), C.to(dtype)
     delta = _softplus_delta(delta, delta_bias, delta_softplus, dtype)  # (batch, d, L)
-    log_A_bar = _time_major(delta)[..., None] * A  # (L, batch, d, n)   log Ā_t, Eq. 4
-    B_t = _time_major(B)[:, :, None, :] if B.dim() == 3 else B  # (L, batch, 1, n) or (d, n)
-    Bu_bar = _time_major(delta * u)[..., None] * B_t  # (L, batch, d, n)   B̄_t x_t
-    h = LinearScan.apply(log_A_bar.view(length, -1), Bu_bar.view(length, -1)).view(length, batch, d, n)
-    if C.dim() == 3:
-        y = torch.matmul(h, _time_major(C)[..., None])[..., 0]  # (L, batch, d)   Eq. 2b
-    else:
-        y = (h * C).sum(-1)  # (L, batch, d)
-    out = _skip_and_gate(y.permute(1, 2, 0), u, D, z).to(dtype_in)  # (batch, d, L)
-    return (out, h[-1]) if return_last_state else out
+    T = max(1, round(math.sqrt(length / 2)))  # balances the 2T steps of phases 1, 3 with the K of phase 2
+    K = -(-length // T)
+
+    def state_layout(M):  # (batch, n, L) -> (T, K, batch, n, 1);   (d, n) -> (T, 1, 1, n, d)
+        return _chunked(M, K, T)[..., None] if M.dim() == 3 else M.t().expand(T, 1, 1, *M.t().shape)
+
+    y, last_state = ChunkedSelectiveScan.apply(
+        _chunked(delta, K, T), _chunked(u, K, T), A.t().contiguous(), state_layout(B), state_layout(C)
+    )
+    y = y.transpose(0, 1).reshape(K * T, batch, d)[:length].permute(1, 2, 0).contiguous()  # (batch, d, L)
+    out = _skip_and_gate(y, u, D, z).to(dtype_in)
+    return (out, last_state.transpose(1, 2)) if return_last_state else out

@@ -1,0 +1,271 @@
+"""Speed of the selective scan and of recurrent generation, Gu & Dao 2023, "Mamba: Linear-Time Sequence
+Modeling with Selective State Spaces", arXiv 2312.00752 (Sec. 3.3: the scan; the recurrent mode: constant
+time and memory per generated token).
+
+    1. Selective scan (Eq. 2a, 2b, 4 with softplus(Δ + bias), D and the SiLU(z) gate), forward + backward,
+       batch 2, d = 128, n = 16, per sequence length L: our fast path (``selective_scan``), our sequential
+       reference (skipped where it would take more than ~30 s), mambapy's Blelloch ``pscan`` path, and
+       mamba_ssm's ``selective_scan_ref`` when it is installed.
+    2. Generation with ``build_mamba_lm``'s recurrent ``step``: time per token and size of the state at
+       positions 64 and 4096; the state must not grow (no KV cache).
+
+Usage: ``python -m papers.mamba.bench [--out DIR] [--lengths 256 1024 4096] [--repeats 3]``; writes
+DIR/bench.md and DIR/bench.json (default DIR: reports/mamba) and ``run`` returns the same numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from common.paths import reports_dir
+
+from .model import build_mamba_lm
+from .ops import selective_scan, selective_scan_ref
+
+SCAN = dict(batch=2, d=128, n=16)
+LM = dict(vocab_size=65, d_model=128, n_layers=4)  # the shakespeare_char Mamba of experiment.py
+REFERENCE_BUDGET_S = 30.0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per call of each function after one untimed warm-up call each. The functions take
+    turns, so that a busy machine slows them all alike and their ratios stay meaningful."""
+    times: dict[str, list[float]] = {}
+    for name, fn in fns.items():
+        fn()
+        times[name] = []
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def _scan_inputs(length: int, device: torch.device, seed: int = 0) -> dict:
+    """Inputs in mamba_ssm's layout: u, delta, z (b, d, L); A (d, n); B, C (b, n, L); D, delta_bias (d,)."""
+    g = torch.Generator().manual_seed(seed)
+    b, d, n = SCAN["batch"], SCAN["d"], SCAN["n"]
+    x = {
+        "u": torch.randn(b, d, length, generator=g),
+        "delta": torch.randn(b, d, length, generator=g) * 0.5,
+        "A": -torch.arange(1.0, n + 1).repeat(d, 1),  # S4D-Real, as at initialisation
+        "B": torch.randn(b, n, length, generator=g),
+        "C": torch.randn(b, n, length, generator=g),
+        "D": torch.ones(d),
+        "z": torch.randn(b, d, length, generator=g),
+        "delta_bias": torch.randn(d, generator=g) * 0.5 - 4.0,  # softplus -> Δ around 0.02
+    }
+    return {k: v.to(device).requires_grad_() for k, v in x.items()}
+
+
+def _mambapy_scan(u, delta, A, B, C, D, z, delta_bias):
+    """The same function through mambapy's parallel scan, in its (b, L, d) layout (``MambaBlock.ssm``)."""
+    from mambapy.pscan import pscan
+
+    x, zt = u.transpose(1, 2), z.transpose(1, 2)  # (b, L, d)
+    dt = F.softplus(delta.transpose(1, 2) + delta_bias)  # (b, L, d)
+    Bt, Ct = B.transpose(1, 2), C.transpose(1, 2)  # (b, L, n)
+    hs = pscan(torch.exp(dt[..., None] * A), dt[..., None] * Bt[:, :, None, :] * x[..., None])  # (b, L, d, n)
+    y = (hs @ Ct[..., None])[..., 0] + D * x  # (b, L, d)
+    return (y * F.silu(zt)).transpose(1, 2)
+
+
+def _scan_paths() -> dict[str, Callable | None]:
+    """Each path maps the inputs of ``_scan_inputs`` to the output (b, d, L); None if not installed."""
+    paths: dict[str, Callable | None] = {
+        "fast": partial(selective_scan, delta_softplus=True),
+        "reference": partial(selective_scan_ref, delta_softplus=True),
+    }
+    try:
+        import mambapy.pscan  # noqa: F401
+
+        paths["mambapy_pscan"] = _mambapy_scan
+    except ImportError:
+        paths["mambapy_pscan"] = None
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_ref as official_ref
+
+        paths["mamba_ssm_reference"] = partial(official_ref, delta_softplus=True)
+    except ImportError:
+        paths["mamba_ssm_reference"] = None
+    return paths
+
+
+def _fwd_bwd(fn: Callable, x: dict) -> None:
+    fn(**x).sum().backward()
+
+
+def bench_scan(
+    lengths: tuple[int, ...], repeats: int, device: torch.device, log: Callable[[str], None]
+) -> list:
+    paths, rows, last_time = _scan_paths(), [], {}
+    for length in lengths:
+        x = _scan_inputs(length, device)
+        row: dict = {"L": length} | dict.fromkeys(paths)
+        to_time = {}
+        for name, fn in paths.items():
+            if fn is None:
+                row[name] = "not installed"
+                continue
+            if name.endswith("reference") and name in last_time:  # sequential loops: time linear in L
+                timed_length, seconds = last_time[name]
+                estimate = (repeats + 1) * seconds * length / timed_length
+                if estimate > REFERENCE_BUDGET_S:
+                    row[name] = "skipped"
+                    log(f"scan L={length} {name}: skipped (would take about {estimate:.0f} s)")
+                    continue
+            to_time[name] = partial(_fwd_bwd, fn, x)
+        log(f"scan L={length}: timing {', '.join(to_time)} ({repeats} repeats, taking turns)")
+        for name, seconds in _timed(to_time, repeats, device).items():
+            row[name], last_time[name] = seconds, (length, seconds)
+            log(f"scan L={length} {name}: {1e3 * seconds:.1f} ms fwd+bwd")
+        for other in ("reference", "mambapy_pscan", "mamba_ssm_reference"):
+            if isinstance(row[other], float):
+                row[f"speedup_vs_{other}"] = row[other] / row["fast"]
+        rows.append(row)
+    return rows
+
+
+def _state_bytes(state: dict) -> int:
+    return sum(t.numel() * t.element_size() for layer in state["layers"] for t in layer)
+
+
+@torch.no_grad()
+def bench_generation(
+    positions: tuple[int, ...], tokens: int, device: torch.device, log: Callable[[str], None]
+) -> dict:
+    """Step the LM to each position through its recurrent form, then time ``tokens`` more steps."""
+    torch.manual_seed(0)
+    lm = build_mamba_lm(**LM).to(device).eval()
+    state, token, rows = lm.init_state(1), torch.zeros(1, dtype=torch.long, device=device), []
+    for position in sorted(positions):
+        while state["pos"] < position:
+            logits, state = lm.step(token, state)
+            token = logits.argmax(-1)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(tokens):
+            logits, state = lm.step(token, state)
+            token = logits.argmax(-1)
+        _sync(device)
+        seconds = (time.perf_counter() - start) / tokens
+        rows.append({"position": position, "ms_per_token": 1e3 * seconds, "state_bytes": _state_bytes(state)})
+        log(
+            f"generation at position {position}: {1e3 * seconds:.2f} ms/token, state {rows[-1]['state_bytes']} B"
+        )
+    return {
+        "model": {**LM, "params": lm.num_params()},
+        "timed_tokens": tokens,
+        "rows": rows,
+        "state_is_flat": len({r["state_bytes"] for r in rows}) == 1,
+    }
+
+
+def _fmt_ms(value) -> str:
+    return f"{1e3 * value:.1f}" if isinstance(value, float) else str(value)
+
+
+def _markdown(r: dict) -> str:
+    hw = r["hardware"]
+    lines = [
+        "# Mamba: selective scan and generation speed",
+        "",
+        f"CPU: {hw['cpu']}; GPU: {hw['gpu'] or 'none'}; device: {hw['device']}, {hw['threads']} threads; "
+        f"torch {r['torch']}; {r['date']}",
+        "",
+        f"## Selective scan, forward + backward (ms; batch {SCAN['batch']}, d {SCAN['d']}, n {SCAN['n']})",
+        "",
+        "| L | fast (ours) | reference (ours) | mambapy pscan | mamba_ssm reference | fast vs reference "
+        "| fast vs mambapy |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in r["scan"]:
+        ratio = [
+            f"{row[k]:.1f}x" if k in row else "-"
+            for k in ("speedup_vs_reference", "speedup_vs_mambapy_pscan")
+        ]
+        cells = [_fmt_ms(row[k]) for k in ("fast", "reference", "mambapy_pscan", "mamba_ssm_reference")]
+        lines.append(f"| {row['L']} | " + " | ".join(cells + ratio) + " |")
+    g = r["generation"]
+    m = g["model"]
+    lines += [
+        "",
+        f"## Generation with the recurrent step ({m['n_layers']} layers, d_model {m['d_model']}, "
+        f"{m['params']:,} params, batch 1, mean of {g['timed_tokens']} tokens)",
+        "",
+        "| position | ms / token | state (bytes) |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {x['position']} | {x['ms_per_token']:.2f} | {x['state_bytes']:,} |" for x in g["rows"]]
+    lines += ["", f"State size independent of the position: {g['state_is_flat']}."]
+    return "\n".join(lines) + "\n"
+
+
+def run(
+    out_dir: Path,
+    lengths: tuple[int, ...] = (256, 1024, 4096),
+    repeats: int = 3,
+    gen_positions: tuple[int, ...] = (64, 4096),
+    gen_tokens: int = 32,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run both benchmarks on CUDA if available, else CPU; write ``out_dir/bench.{md,json}``; return the numbers."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = {
+        "hardware": {
+            "cpu": _cpu_name(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "device": device.type,
+            "threads": torch.get_num_threads(),
+        },
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "scan": bench_scan(tuple(lengths), repeats, device, log),
+        "generation": bench_generation(tuple(gen_positions), gen_tokens, device, log),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "bench.md").write_text(_markdown(result))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=reports_dir() / "mamba")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(_markdown(run(args.out, tuple(args.lengths), args.repeats)), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The chunked selective scan (fast path) against the sequential reference: values, last state, every gradient."""
+
+import pytest
+import torch
+
+from papers.mamba import ops
+from papers.mamba.ops import selective_scan, selective_scan_ref
+
+ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def make_inputs(
+    L, layout="selective", extras=True, batch=2, d=5, n=3, dtype=torch.float64, seed=0, device="cpu"
+):
+    """Scan inputs; layout: B and C both selective (batch, n, L), both time-invariant (d, n), or one of each."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g, dtype=dtype)).to(device).requires_grad_()
+
+    sel_B, sel_C = {"selective": (True, True), "lti": (False, False), "mixed": (True, False)}[layout]
+    x = {
+        "u": rand(batch, d, L),
+        "delta": rand(batch, d, L, scale=0.5),
+        "A": (-torch.rand(d, n, generator=g, dtype=dtype) * 4 - 0.1).to(device).requires_grad_(),
+        "B": rand(batch, n, L) if sel_B else rand(d, n),
+        "C": rand(batch, n, L) if sel_C else rand(d, n),
+    }
+    if extras:
+        x |= {"D": rand(d), "z": rand(batch, d, L), "delta_bias": rand(d, scale=0.5)}
+    return x
+
+
+def outputs_and_grads(fn, x, delta_softplus=True):
+    out, last = fn(**x, delta_softplus=delta_softplus, return_last_state=True)
+    g = torch.Generator().manual_seed(1)
+    w_out = torch.randn(out.shape, generator=g, dtype=out.dtype).to(out.device)
+    w_last = torch.randn(last.shape, generator=g, dtype=last.dtype).to(out.device)
+    loss = (out * w_out).sum() + (last * w_last).sum()
+    names = [k for k in ARGS if k in x]
+    grads = torch.autograd.grad(loss, [x[k] for k in names])
+    return {"out": out, "last_state": last} | {f"grad_{k}": v for k, v in zip(names, grads)}
+
+
+def rel_rms(a, b):
+    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("L", [1, 2, 63, 130])
+@pytest.mark.parametrize("layout", ["selective", "lti", "mixed"])
+@pytest.mark.parametrize("extras", [False, True])
+def test_fast_matches_reference_float64(L, layout, extras):
+    x = make_inputs(L, layout, extras)
+    fast, ref = outputs_and_grads(selective_scan, x), outputs_and_grads(selective_scan_ref, x)
+    assert fast.keys() == ref.keys()
+    for k in ref:
+        assert fast[k].shape == ref[k].shape, k
+        torch.testing.assert_close(fast[k], ref[k], rtol=1e-10, atol=1e-10, msg=k)
+
+
+@pytest.mark.parametrize("layout", ["selective", "lti"])
+def test_fast_matches_reference_float32(layout):
+    x = make_inputs(257, layout, dtype=torch.float32, d=16, n=8)
+    fast, ref = outputs_and_grads(selective_scan, x), outputs_and_grads(selective_scan_ref, x)
+    for k in ref:
+        assert fast[k].dtype == torch.float32
+        assert rel_rms(fast[k], ref[k]) <= 1e-5, k
+
+
+def test_without_softplus_and_last_state_shape():
+    x = make_inputs(37, extras=False)
+    with torch.no_grad():
+        x["delta"].abs_()  # Δ > 0 without the softplus
+    fast = outputs_and_grads(selective_scan, x, delta_softplus=False)
+    ref = outputs_and_grads(selective_scan_ref, x, delta_softplus=False)
+    assert ref["last_state"].shape == (2, 5, 3)  # (batch, d, n)
+    for k in ref:
+        torch.testing.assert_close(fast[k], ref[k], rtol=1e-10, atol=1e-10, msg=k)
+
+
+def test_stable_for_large_and_tiny_steps():
+    """Δ A from -1e3 (state wiped every step) to -1e-6 (near-perfect memory) in the same sequence."""
+    x = make_inputs(200, extras=False, d=4)
+    with torch.no_grad():
+        x["delta"].copy_(torch.logspace(-6, 3, 4, dtype=torch.float64)[None, :, None].expand(2, 4, 200))
+    fast = outputs_and_grads(selective_scan, x, delta_softplus=False)
+    ref = outputs_and_grads(selective_scan_ref, x, delta_softplus=False)
+    for k in ref:
+        assert torch.isfinite(fast[k]).all(), k
+        torch.testing.assert_close(fast[k], ref[k], rtol=1e-9, atol=1e-9, msg=k)
+
+
+def test_half_precision_inputs_return_their_dtype():
+    x = {k: v.detach().to(torch.bfloat16) for k, v in make_inputs(40, dtype=torch.float32).items()}
+    out = selective_scan(**x, delta_softplus=True)
+    ref = selective_scan_ref(**{k: v.float() for k, v in x.items()}, delta_softplus=True)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("layout", ["selective", "lti"])
+def test_gradcheck(layout):
+    x = make_inputs(7, layout, batch=1, d=2, n=2)
+
+    def fn(*args):
+        return selective_scan(**dict(zip(ARGS, args)), delta_softplus=True, return_last_state=True)
+
+    assert torch.autograd.gradcheck(fn, tuple(x[k] for k in ARGS), eps=1e-6, atol=1e-7)
+
+
+def test_fused_kernel_is_never_called_on_cpu_tensors(monkeypatch):
+    def cuda_only(*args, **kwargs):
+        raise AssertionError("the fused CUDA kernel was called with CPU tensors")
+
+    monkeypatch.setattr(ops, "_fused_selective_scan", cuda_only)  # as if mamba_ssm were installed
+    x = make_inputs(9)
+    torch.testing.assert_close(selective_scan(**x), selective_scan_ref(**x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_chunked_path_on_cuda_matches_reference(monkeypatch):
+    monkeypatch.setattr(ops, "_fused_selective_scan", None)  # the PyTorch path, even if mamba_ssm is there
+    x = make_inputs(300, d=32, n=16, dtype=torch.float32, device="cuda")
+    fast, ref = outputs_and_grads(selective_scan, x), outputs_and_grads(selective_scan_ref, x)
+    for k in ref:
+        assert rel_rms(fast[k], ref[k]) <= 1e-5, k
