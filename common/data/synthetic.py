@@ -110,7 +110,9 @@ class SelectiveCopying:
 class InductionHeads:
     """Mamba Table 2 task: trained at ``train_len``, tested at every length in ``test_lengths``.
 
-    Reports ``acc/L<n>`` for each test length (fresh random data every training step)."""
+    Reports ``acc/L<n>`` for each test length, and ``acc/train_len`` / ``acc/train_len_x4`` (accuracy at
+    the training length and at 4x it) so that claims read the same metric at every preset. Training
+    draws fresh random data every step."""
 
     def __init__(self, train_len: int = 256, vocab: int = 16, test_lengths: tuple[int, ...] = (64, 256, 1024),
                  test_size: int = 256, max_eval_tokens: int = 2**17, eval_seed: int = 1234):  # fmt: skip
@@ -123,9 +125,14 @@ class InductionHeads:
 
     def evaluate(self, model, device) -> dict[str, float]:
         metrics = {}
-        for length in self.test_lengths:
-            n = max(16, min(self.test_size, 4 * self.max_eval_tokens // length))
+        for length in sorted({*self.test_lengths, self.train_len}):
+            n = max(
+                16, min(self.test_size, 2 * self.max_eval_tokens // length)
+            )  # at most 2 slices per length
             idx, targets = induction_heads(generator(self.eval_seed, "test", length), n, length, self.vocab)
             correct, total = _accuracy(model, idx, targets, device, self.max_eval_tokens)
             metrics[f"acc/L{length}"] = correct / total
+        metrics["acc/train_len"] = metrics[f"acc/L{self.train_len}"]
+        if f"acc/L{4 * self.train_len}" in metrics:
+            metrics["acc/train_len_x4"] = metrics[f"acc/L{4 * self.train_len}"]
         return metrics

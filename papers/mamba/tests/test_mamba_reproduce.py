@@ -11,7 +11,7 @@ def test_smoke_reproduction_logs_every_run_and_writes_the_claims_table(lab):
     result = run_cli("-m", "common.reproduce", "mamba", "scale=smoke", "progress=false")
     assert result.returncode == 0, result.stderr[-3000:]
     readme = (lab / "reports" / "mamba" / "README.md").read_text()
-    for claim in ("selcopy-s6", "selcopy-lti", "induction-mamba-extrapolates", "induction-mha-abs-fails-at-4x",
+    for claim in ("selcopy-s6", "selcopy-lti", "induction-mamba-extrapolates", "induction-mha-abs-fails-at-4x", "induction-mha-abs-in-distribution",
                   "lm-mamba-matches-transformer"):  # fmt: skip
         assert f"| {claim} |" in readme
     assert "**not run**" not in readme  # every claim was measured by a run
@@ -26,7 +26,7 @@ def test_smoke_reproduction_logs_every_run_and_writes_the_claims_table(lab):
     mamba_induction = next(
         r for r in runs if r.data.tags["task"] == "induction_heads" and r.data.tags["variant"] == "mamba"
     )
-    assert {"acc/L32", "acc/L128", "acc/L1024"} <= set(mamba_induction.data.metrics)
+    assert {"acc/L32", "acc/L128", "acc/L1024", "acc/train_len"} <= set(mamba_induction.data.metrics)
     assert (lab / "reports" / "mamba" / "figures" / "claim_induction-mamba-extrapolates.png").exists()
 
 
