@@ -121,6 +121,92 @@ def bleu(hypotheses: list[str], references: list[str]) -> float:
     return sacrebleu.corpus_bleu(hypotheses, [references]).score
 
 
+# ---- WMT 2014 (Table 2): online only, for a big GPU ------------------------------------------------
+WMT14_HUB = "wmt/wmt14"  # parquet; configs "de-en", "fr-en", ...; column "translation" = {lang: text}
+WMT14_SPLITS = {"train": "train", "val": "validation", "test": "test"}  # val newstest2013, test newstest2014
+
+
+def _wmt14_rows(config: str, split: str) -> list[dict[str, str]]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    return datasets.load_dataset(WMT14_HUB, config, split=split)["translation"]
+
+
+def load_wmt14(split: str, source: str = "en", target: str = "de") -> list[tuple[str, str]]:
+    """(source, target) pairs of WMT 2014 through Hugging Face ``datasets`` (4.5M train pairs for EN-DE)."""
+    if split not in WMT14_SPLITS:
+        raise PaperzooError(f"unknown WMT14 split '{split}'; choose train, val or test")
+    if "en" not in (source, target) or source == target:
+        raise PaperzooError(f"WMT14 pairs English with another language, not '{source}'->'{target}'")
+    other = target if source == "en" else source
+    if offline():
+        raise PaperzooError(
+            f"WMT14 is only read from the Hugging Face hub ({WMT14_HUB}, '{other}-en'); "
+            "unset HF_DATASETS_OFFLINE / HF_HUB_OFFLINE on a machine with internet"
+        )
+    rows = _wmt14_rows(f"{other}-en", WMT14_SPLITS[split])
+    return [(row[source].strip(), row[target].strip()) for row in rows]
+
+
+def wmt14_bpe(source: str, target: str, vocab_size: int = 37000, cache: Path | None = None):
+    """The joint BPE of a WMT14 training set (Sec. 5.1: shared vocabulary of about 37000 tokens), cached."""
+    from tokenizers import Tokenizer
+
+    pair = "-".join(sorted((source, target)))
+    path = (cache or cache_dir() / "transformer") / f"wmt14-{pair}-bpe{vocab_size}.json"
+    if path.is_file():
+        return Tokenizer.from_file(str(path))
+    pairs = load_wmt14("train", source, target)
+    tok = train_bpe((s for pair in pairs for s in pair), vocab_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tok.save(str(tmp))
+    tmp.replace(path)
+    return tok
+
+
+class PackedPairs:
+    """Millions of (x, y) id pairs in flat int32 arrays: a compact, read-only sequence of pairs.
+
+    Built chunk by chunk (``encode_packed``) so the Python lists of one chunk only ever exist at once.
+    """
+
+    def __init__(self, chunks):
+        import numpy as np
+
+        xs, ys, x_len, y_len = [], [], [], []
+        for pairs in chunks:
+            for x, y in pairs:
+                x_len.append(len(x))
+                y_len.append(len(y))
+            xs.append(np.fromiter((t for x, _ in pairs for t in x), dtype=np.int32))
+            ys.append(np.fromiter((t for _, y in pairs for t in y), dtype=np.int32))
+        self._x, self._y = np.concatenate(xs or [np.zeros(0, np.int32)]), np.concatenate(ys or [np.zeros(0, np.int32)])
+        self._x_off = np.concatenate([[0], np.cumsum(np.asarray(x_len, dtype=np.int64))])
+        self._y_off = np.concatenate([[0], np.cumsum(np.asarray(y_len, dtype=np.int64))])
+
+    def __len__(self) -> int:
+        return len(self._x_off) - 1
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
+        x = self._x[self._x_off[i] : self._x_off[i + 1]].tolist()
+        return x, self._y[self._y_off[i] : self._y_off[i + 1]].tolist()
+
+
+def encode_packed(tok, pairs: list[tuple[str, str]], max_tokens: int | None = None, chunk: int = 100_000):
+    """``encode_pairs`` for millions of pairs, into a PackedPairs; drops pairs with a side over max_tokens."""
+
+    def chunks():
+        for start in range(0, len(pairs), chunk):
+            ids = encode_pairs(tok, pairs[start : start + chunk])
+            if max_tokens is not None:
+                ids = [(x, y) for x, y in ids if len(x) <= max_tokens and len(y) <= max_tokens]
+            yield ids
+
+    return PackedPairs(chunks())
+
+
 # ---- batches -------------------------------------------------------------------------------------
 def pad_right(rows: list[list[int]], pad_id: int) -> torch.Tensor:
     out = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
@@ -139,13 +225,29 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int = PAD_ID) -
 
 
 def translation_batch(
-    examples: list[tuple[list[int], list[int]]], index: int, batch_size: int, seed: int
+    examples: list[tuple[list[int], list[int]]], index: int, batch_size: int, seed: int, bucket: int = 0
 ) -> dict[str, torch.Tensor]:
-    """Batch ``index`` of an endless stream of epochs, each a fresh shuffle; pure in (seed, index)."""
+    """Batch ``index`` of an endless stream of epochs, each a fresh shuffle; pure in (seed, index).
+
+    ``bucket > 1`` batches pairs of similar length together (Sec. 5.1: "batched together by
+    approximate sequence length"), which removes most of the padding: each run of ``bucket``
+    consecutive batches of the shuffled epoch is sorted by (source, target) length, cut into
+    batches again, and those batches are taken in a random order. An epoch still sees every pair
+    (but the last ``len % batch_size``) exactly once.
+    """
     per_epoch = max(len(examples) // batch_size, 1)
     epoch, position = divmod(index, per_epoch)
     order = torch.randperm(len(examples), generator=generator(seed, "train", epoch))
-    chosen = order[position * batch_size : (position + 1) * batch_size].tolist()
+    if bucket <= 1:
+        chosen = order[position * batch_size : (position + 1) * batch_size].tolist()
+        return collate([examples[i] for i in chosen])
+    chunk, slot = divmod(position, bucket)
+    n_batches = min(bucket, per_epoch - chunk * bucket)  # batches in this chunk
+    start = chunk * bucket * batch_size
+    members = order[start : start + n_batches * batch_size].tolist()
+    members.sort(key=lambda i: (len(examples[i][0]), len(examples[i][1])))
+    which = torch.randperm(n_batches, generator=generator(seed, f"bucket{chunk}", epoch))[slot].item()
+    chosen = members[which * batch_size : (which + 1) * batch_size]
     return collate([examples[i] for i in chosen])
 
 

@@ -14,8 +14,8 @@ extension is EOS (OpenNMT-py's end condition) or at its length limit, where the 
 are finished as they are; the answer is the finished hypothesis with the highest score. With K = 1
 this is exactly greedy decoding.
 
-The encoder runs once; the decoder recomputes its prefix at every step (no cache: outputs are
-short). Both decoders return token ids without BOS and EOS, one list per sentence; ``translate``
+The encoder runs once; the decoder runs one position per step with its key/value caches
+(``Transformer.decode_step``; beam search reorders the caches to each survivor's parent). Both decoders return token ids without BOS and EOS, one list per sentence; ``translate``
 goes from raw source sentences to detokenised output.
 """
 
@@ -48,11 +48,13 @@ def greedy_decode(
 ) -> list[list[int]]:
     """Pick the most probable next token until EOS or the length limit (default: source length + 50)."""
     memory, src_keep = model.encode(src)  # (B, S, D)
+    state = model.start_decoding(memory, src_keep)
     limits = torch.tensor(_length_limits(model, src, max_len), device=src.device)  # (B,)
     ys = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)  # (B, 1)
     finished = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
     for t in range(int(limits.max())):
-        nxt = model.decode(ys, memory, src_keep)[:, -1].argmax(-1)  # (B,)
+        logits, state = model.decode_step(ys[:, -1], state)  # (B, V)
+        nxt = logits.argmax(-1)  # (B,)
         nxt = nxt.masked_fill(finished, model.cfg.pad_id)
         ys = torch.cat([ys, nxt[:, None]], dim=1)
         finished |= (nxt == eos_id) | (limits <= t + 1)
@@ -81,6 +83,7 @@ def beam_search(
     limits = _length_limits(model, src, max_len)
     memory, src_keep = model.encode(src)
     memory, src_keep = memory.repeat_interleave(k, dim=0), src_keep.repeat_interleave(k, dim=0)  # (B*K, ...)
+    state = model.start_decoding(memory, src_keep)
     seqs = torch.full((b * k, 1), bos_id, dtype=torch.long, device=src.device)  # (B*K, t)
     scores = torch.zeros(b, k, device=src.device)  # log P of each live hypothesis
     scores[:, 1:] = float("-inf")  # all beams start identical: keep only the first
@@ -88,7 +91,8 @@ def beam_search(
     done = [False] * b
     batch_idx = torch.arange(b, device=src.device)[:, None]
     for t in range(max(limits)):
-        logp = model.decode(seqs, memory, src_keep)[:, -1].float().log_softmax(-1)  # (B*K, V)
+        logits, state = model.decode_step(seqs[:, -1], state)  # (B*K, V)
+        logp = logits.float().log_softmax(-1)
         vocab = logp.shape[-1]
         cand = (scores[:, :, None] + logp.view(b, k, vocab)).view(b, k * vocab)  # (B, K*V)
         top_scores, top_idx = cand.topk(2 * k, dim=1)  # (B, 2K), best first
@@ -111,8 +115,10 @@ def beam_search(
             break
         # the best K extensions that did not end in EOS stay alive (at most K of 2K can be EOS)
         scores, keep = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)  # (B, K)
-        seqs = torch.cat([seqs.view(b, k, -1)[batch_idx, top_beam.gather(1, keep)],
+        parent = top_beam.gather(1, keep)  # (B, K): the beam each survivor extends
+        seqs = torch.cat([seqs.view(b, k, -1)[batch_idx, parent],
                           top_tok.gather(1, keep)[..., None]], dim=2).view(b * k, -1)  # fmt: skip
+        state = model.reorder_decoding(state, (batch_idx * k + parent).view(-1))
     return [max(f, key=lambda hyp: hyp[0])[1] for f in finished]
 
 

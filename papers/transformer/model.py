@@ -19,6 +19,11 @@ Sec. 3.5   sinusoidal positional encoding (``positions="learned"``: Table 3 row 
 Sec. 5.4   dropout P_drop = 0.1 on sub-layer outputs and on embedding + positional sums;
            label smoothing eps_ls = 0.1.
 
+Incremental decoding (``start_decoding`` / ``decode_step`` / ``reorder_decoding``): the decoder
+runs one position at a time with a cache of each layer's self-attention keys and values and the
+encoder-decoder keys and values computed once, so a step costs O(t) attention instead of
+recomputing the prefix; ``decode_step`` equals the last position of ``decode`` (tested).
+
 Batch contract of the shared loop, ``model(batch) -> loss``: ``{"src": (B, S), "tgt_in": (B, T),
 "tgt_out": (B, T)}`` right-padded with ``pad_id``; tgt_in = [bos] + y and tgt_out = y + [eos].
 """
@@ -33,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.models.attention import MultiHeadAttention
+from common.models.attention import MultiHeadAttention, attention, merge_heads, split_heads
 from common.models.lm import sinusoidal_positions
 
 
@@ -182,6 +187,60 @@ class Transformer(nn.Module):
         for layer in self.decoder:
             y = layer(y, memory, src_keep)
         return F.linear(self.dec_norm(y), self.embed.weight)
+
+    # ---- incremental decoding ------------------------------------------------------------------
+    def start_decoding(self, memory: torch.Tensor, src_keep: torch.Tensor) -> dict:
+        """The decoding state of N rows: memory (N, S, D), src_keep (N, 1, 1, S); no position decoded yet."""
+        cross = []
+        for layer in self.decoder:
+            attn = layer.cross_attn
+            cross.append((split_heads(attn.k_proj(memory), attn.n_heads),
+                          split_heads(attn.v_proj(memory), attn.n_heads)))  # fmt: skip
+        return {"pos": 0, "src_keep": src_keep, "cross": cross, "self": [None] * len(self.decoder)}
+
+    def decode_step(self, tokens: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """Next-token logits (N, V) after ``tokens`` (N,) at position ``state["pos"]``; the state advances."""
+        pos = state["pos"]
+        x = self.embed(tokens[:, None]) * math.sqrt(self.cfg.d_model)  # (N, 1, D)
+        position = torch.tensor([pos], device=tokens.device)
+        if self.pos_embed is not None:
+            if pos >= self.cfg.max_len:
+                raise ValueError(f"sequence length {pos + 1} exceeds max_len {self.cfg.max_len}")
+            x = x + self.pos_embed(position)
+        else:
+            x = x + sinusoidal_positions(position, self.cfg.d_model).to(x.dtype)
+        x = self.drop(x)
+        caches = []
+        for layer, (ck, cv), cache in zip(self.decoder, state["cross"], state["self"]):
+            sa, ca = layer.self_attn, layer.cross_attn
+
+            def self_attn(h, sa=sa, cache=cache):
+                q = split_heads(sa.q_proj(h), sa.n_heads)  # (N, H, 1, Dh)
+                k = split_heads(sa.k_proj(h), sa.n_heads)
+                v = split_heads(sa.v_proj(h), sa.n_heads)
+                if cache is not None:
+                    k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)  # (N, H, t+1, Dh)
+                caches.append((k, v))
+                return sa.out_proj(merge_heads(attention(q, k, v)))  # the newest query sees every key
+
+            def cross_attn(h, ca=ca, ck=ck, cv=cv):
+                q = split_heads(ca.q_proj(h), ca.n_heads)
+                return ca.out_proj(merge_heads(attention(q, ck, cv, mask=state["src_keep"])))
+
+            x = layer.res_self(x, self_attn)
+            x = layer.res_cross(x, cross_attn)
+            x = layer.res_ffn(x, layer.ffn)
+        logits = F.linear(self.dec_norm(x[:, 0]), self.embed.weight)  # (N, V)
+        return logits, {**state, "pos": pos + 1, "self": caches}
+
+    @staticmethod
+    def reorder_decoding(state: dict, index: torch.Tensor) -> dict:
+        """Keep rows ``index`` (N,) of the self-attention caches (beam search: each new row's parent).
+
+        Only valid when every row and its parent share the encoder memory (beams of one sentence).
+        """
+        caches = [(k.index_select(0, index), v.index_select(0, index)) for k, v in state["self"]]
+        return {**state, "self": caches}
 
     def logits(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         memory, src_keep = self.encode(src)

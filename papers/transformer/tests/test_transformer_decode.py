@@ -23,6 +23,47 @@ def _src():
     return src
 
 
+@pytest.mark.parametrize(
+    "overrides", [{}, {"positions": "learned", "max_len": 9}, {"norm_first": True}, {"n_heads": 1}]
+)
+def test_decode_step_equals_the_full_decoder(overrides):
+    """The KV-cached step at position t gives the logits of ``decode`` at t, also after reordering rows."""
+    model = _random_model(**overrides)
+    src = _src()
+    tgt_in = torch.randint(4, 13, (5, 7), generator=torch.Generator().manual_seed(2))
+    tgt_in[:, 0] = BOS_ID
+    memory, src_keep = model.encode(src)
+    full = model.decode(tgt_in, memory, src_keep)  # (B, T, V)
+    state = model.start_decoding(memory, src_keep)
+    for t in range(tgt_in.shape[1]):
+        logits, state = model.decode_step(tgt_in[:, t], state)
+        torch.testing.assert_close(logits, full[:, t], rtol=1e-5, atol=1e-5)
+    # reordering: rows of one sentence repeated, then a permutation of the copies
+    rep = 3
+    memory_r, keep_r = memory.repeat_interleave(rep, 0), src_keep.repeat_interleave(rep, 0)
+    tgt_r = tgt_in.repeat_interleave(rep, 0)
+    tgt_r[1::rep, 2] = 4  # copies differ from position 2 on
+    state = model.start_decoding(memory_r, keep_r)
+    for t in range(4):
+        _, state = model.decode_step(tgt_r[:, t], state)
+    order = torch.arange(5 * rep).view(5, rep).flip(1).reshape(-1)  # swap copies within each sentence
+    state = model.reorder_decoding(state, order)
+    logits, _ = model.decode_step(tgt_r[order, 4], state)
+    expected = model.decode(tgt_r[order, :5], memory_r, keep_r)[:, -1]
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_decode_equals_recomputing_the_prefix():
+    model = _random_model()
+    src = _src()
+    memory, src_keep = model.encode(src)
+    ys = torch.full((src.shape[0], 1), BOS_ID)
+    for _ in range(10):  # the reference: the whole prefix through the decoder at every step
+        ys = torch.cat([ys, model.decode(ys, memory, src_keep)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    expected = [row[: row.index(EOS_ID)] if EOS_ID in row else row for row in ys[:, 1:].tolist()]
+    assert greedy_decode(model, src, BOS_ID, EOS_ID, max_len=10) == expected
+
+
 def test_length_penalty_is_gnmt():
     assert length_penalty(1, 0.6) == 1.0
     assert length_penalty(7, 0.6) == pytest.approx(2.0**0.6)
