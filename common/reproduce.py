@@ -9,6 +9,7 @@ only rank 0 talks to MLflow and writes the report.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 import uuid
@@ -117,7 +118,12 @@ def reproduce(name: str, overrides: list[str]) -> Path | None:
     return out
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM: end the MLflow run as KILLED, keep the last checkpoint
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
         print("usage: python -m common.reproduce <paper> [key=value ...]", file=sys.stderr)

@@ -142,16 +142,18 @@ def git_info() -> dict[str, str]:
     return {"git_commit": commit, "git_dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
 
 
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def system_info() -> dict[str, str]:
     import torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or "cpu")
-    if not torch.cuda.is_available():
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    device = line.split(":", 1)[1].strip()
-                    break
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_name()
     return {
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "device_name": device,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import time
 from collections.abc import Callable
 from functools import partial
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from common.paths import reports_dir
+from common.tracking import cpu_name
 
 from .model import build_mamba_lm
 from .ops import selective_scan, selective_scan_ref
@@ -35,16 +35,6 @@ from .ops import selective_scan, selective_scan_ref
 SCAN = dict(batch=2, d=128, n=16)
 LM = dict(vocab_size=65, d_model=128, n_layers=4)  # the shakespeare_char Mamba of experiment.py
 REFERENCE_BUDGET_S = 30.0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _sync(device: torch.device) -> None:
@@ -241,7 +231,7 @@ def run(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = {
         "hardware": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "device": device.type,
             "threads": torch.get_num_threads(),
