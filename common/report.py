@@ -14,6 +14,7 @@ Each claim in ``paper.yaml``::
         reduce: min                       # min | max | mean (over the metrics the glob matches)
         relative_to: lti                  # optional: ours = value(variant) - value(relative_to)
       criteria: {smoke: null, cpu: ">= 0.95", gpu: ">= 0.99"}
+      requires: other-claim-id           # optional: only meaningful if that claim is reproduced
 
 Our value is the mean over seeds of the latest FINISHED run of each (task, variant, seed) at the
 report's preset; never a typed number. Outputs: ``README.md``, a self-contained ``report.html``
@@ -45,6 +46,7 @@ from common.tracking import client, tracking_uri  # noqa: E402
 
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 REPRODUCED, NOT_REPRODUCED, NOT_RUN, UNCHECKED = "reproduced", "not reproduced", "not run", "no criterion"
+INCONCLUSIVE = "inconclusive"  # its criterion holds, but a claim it requires was not reproduced
 
 
 @dataclass
@@ -275,6 +277,11 @@ def build_report(
     for old in figures.glob("*.png"):
         old.unlink()
     results = [evaluate_claim(c, runs, preset or "") for c in meta.get("claims", [])]
+    verdicts = {r.claim["id"]: r.verdict for r in results}
+    for r in results:
+        needed = r.claim.get("requires")
+        if needed and r.verdict == REPRODUCED and verdicts.get(needed) != REPRODUCED:
+            r.verdict = f"{INCONCLUSIVE} ({needed}: {verdicts.get(needed, 'unknown claim')})"
 
     authors = meta.get("authors", "")
     authors = ", ".join(authors) if isinstance(authors, list) else authors
@@ -318,20 +325,23 @@ def build_report(
 
 def verdict_counts(readme: Path) -> dict[str, int]:
     text = readme.read_text() if readme.exists() else ""
-    return {v: text.count(f"**{v}**") for v in (REPRODUCED, NOT_REPRODUCED, NOT_RUN, UNCHECKED)}
+    counts = {v: text.count(f"**{v}**") for v in (REPRODUCED, NOT_REPRODUCED, NOT_RUN, UNCHECKED)}
+    counts[INCONCLUSIVE] = text.count(f"**{INCONCLUSIVE}")
+    return counts
 
 
 def write_index(root: Path) -> Path:
     lines = ["# Reports", "", "Written by `nox -s reproduce-<paper>` / `nox -s report` from the runs in MLflow.", "",
-             "| paper | report | reproduced | not reproduced | not run | no criterion |", "|---|---|---|---|---|---|"]  # fmt: skip
+             "| paper | report | reproduced | not reproduced | inconclusive | not run | no criterion |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for slug in discover_papers():
         readme = root / slug / "README.md"
         if not readme.exists():
-            lines.append(f"| {read_meta(slug)['title']} | — | | | | |")
+            lines.append(f"| {read_meta(slug)['title']} | — | | | | | |")
             continue
         c = verdict_counts(readme)
         lines.append(f"| {read_meta(slug)['title']} | [{slug}]({slug}/README.md) | {c[REPRODUCED]} | "
-                     f"{c[NOT_REPRODUCED]} | {c[NOT_RUN]} | {c[UNCHECKED]} |")  # fmt: skip
+                     f"{c[NOT_REPRODUCED]} | {c[INCONCLUSIVE]} | {c[NOT_RUN]} | {c[UNCHECKED]} |")  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
     (root / "README.md").write_text("\n".join(lines) + "\n")
     return root / "README.md"
