@@ -182,7 +182,10 @@ class PackedPairs:
                 y_len.append(len(y))
             xs.append(np.fromiter((t for x, _ in pairs for t in x), dtype=np.int32))
             ys.append(np.fromiter((t for _, y in pairs for t in y), dtype=np.int32))
-        self._x, self._y = np.concatenate(xs or [np.zeros(0, np.int32)]), np.concatenate(ys or [np.zeros(0, np.int32)])
+        self._x, self._y = (
+            np.concatenate(xs or [np.zeros(0, np.int32)]),
+            np.concatenate(ys or [np.zeros(0, np.int32)]),
+        )
         self._x_off = np.concatenate([[0], np.cumsum(np.asarray(x_len, dtype=np.int64))])
         self._y_off = np.concatenate([[0], np.cumsum(np.asarray(y_len, dtype=np.int64))])
 

@@ -11,13 +11,17 @@ from papers.transformer.data import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
+    PackedPairs,
     bleu,
     collate,
     copy_task_batch,
     detokenize,
+    encode_packed,
     encode_pairs,
     load_multi30k,
+    load_wmt14,
     multi30k_bpe,
+    train_bpe,
     translation_batch,
 )
 from papers.transformer.decode import translate
@@ -82,6 +86,47 @@ def test_collate_and_batches_are_deterministic():
     assert all(torch.equal(a[k], b[k]) for k in a)
     firsts = {tuple(translation_batch(examples, i, 5, seed=0)["src"][:, 0].tolist()) for i in range(2)}
     assert sorted(x for batch in firsts for x in batch) == list(range(5, 15))  # an epoch sees every pair once
+
+
+def test_bucketed_batches_keep_the_epoch_and_group_lengths():
+    g = torch.Generator().manual_seed(0)
+    examples = [([5] * int(n), [6] * int(m)) for n, m in torch.randint(1, 40, (1000, 2), generator=g)]
+    a = translation_batch(examples, 7, 20, seed=3, bucket=10)
+    assert all(torch.equal(a[k], translation_batch(examples, 7, 20, seed=3, bucket=10)[k]) for k in a)
+    per_epoch = len(examples) // 20
+    seen, plain_pad, bucket_pad = [], 0, 0
+    for index in range(per_epoch):
+        batch = translation_batch(examples, index, 20, seed=3, bucket=10)
+        seen += (batch["src"] != PAD_ID).sum(1).tolist()
+        bucket_pad += int((batch["src"] == PAD_ID).sum())
+        plain_pad += int((translation_batch(examples, index, 20, seed=3)["src"] == PAD_ID).sum())
+    assert sorted(seen) == sorted(len(x) + 1 for x, _ in examples)  # every pair once (1000 = 50 x 20)
+    assert bucket_pad < plain_pad / 5  # sorting within chunks of 10 batches removes most padding
+    nxt = translation_batch(examples, per_epoch, 20, seed=3, bucket=10)  # the next epoch reshuffles
+    assert not torch.equal(nxt["src"], translation_batch(examples, 0, 20, seed=3, bucket=10)["src"])
+
+
+def test_packed_pairs_are_a_compact_list_of_pairs():
+    tok = train_bpe(DE + EN, 120)
+    pairs = list(zip(EN, DE))
+    packed = encode_packed(tok, pairs, chunk=5)
+    assert isinstance(packed, PackedPairs) and len(packed) == len(pairs)
+    assert [packed[i] for i in range(len(packed))] == encode_pairs(tok, pairs)
+    short = encode_packed(tok, pairs, max_tokens=6)
+    assert 0 < len(short) < len(pairs) and all(
+        len(x) <= 6 and len(y) <= 6 for x, y in (short[i] for i in range(len(short)))
+    )
+    batch = translation_batch(packed, 1, 4, seed=0, bucket=2)
+    assert batch["src"].shape[0] == 4
+
+
+def test_wmt14_needs_the_hub_and_names_it(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(PaperzooError) as err:
+        load_wmt14("test", "en", "de")
+    assert "\n" not in str(err.value) and "wmt/wmt14" in str(err.value) and "de-en" in str(err.value)
+    with pytest.raises(PaperzooError):
+        load_wmt14("test", "de", "fr")
 
 
 def test_copy_task_batches():

@@ -8,8 +8,10 @@ import torch
 
 from common.config import Optimizer, Schedule, TrainConfig
 from common.train import train
+from papers.transformer import data
+from papers.transformer.data import PackedPairs, detokenize
 from papers.transformer.model import Transformer, TransformerConfig
-from papers.transformer.task import CopyTask, Multi30kTask
+from papers.transformer.task import CopyTask, Multi30kTask, WMT14Task
 
 DE = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee.", "Eine Frau liest ein Buch."] * 3
 EN = ["A man rides a bike.", "Two dogs play in the snow.", "A woman reads a book."] * 3
@@ -49,3 +51,27 @@ def test_multi30k_task_on_fixture_files(tmp_path, monkeypatch):
     assert set(metrics) == {"val/loss", "val/nll", "val/ppl", "test/bleu"}
     assert metrics["val/loss"] > 0 and metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/nll"]))
     assert 0.0 <= metrics["test/bleu"] <= 100.0
+
+
+def test_wmt14_task_with_a_stand_in_for_the_hub(tmp_path, monkeypatch):
+    """WMT14Task end to end, with ``datasets`` replaced by a few rows (the real one is 4.5M pairs online)."""
+    asked = []
+
+    def rows(config, split):
+        asked.append((config, split))
+        return [{"de": de, "en": en} for de, en in zip(DE, EN)]
+
+    monkeypatch.setattr(data, "_wmt14_rows", rows)
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PAPERZOO_CACHE", str(tmp_path / "cache"))
+    task = WMT14Task("en", "de", vocab_size=100, beam_size=2, bleu_sentences=3, max_tokens=64)
+    assert ("de-en", "train") in asked and ("de-en", "validation") in asked and ("de-en", "test") in asked
+    assert (tmp_path / "cache" / "transformer" / "wmt14-de-en-bpe100.json").is_file()
+    assert isinstance(task.examples["train"], PackedPairs) and len(task.examples["train"]) == len(EN)
+    x, y = task.examples["train"][0]
+    assert (detokenize(task.tokenizer, x), detokenize(task.tokenizer, y)) == (EN[0], DE[0])  # en -> de
+    assert task.test[0] == (EN[0], DE[0])
+    assert task.batch("train", 0, 4, seed=0)["src"].shape[0] == 4
+    metrics = task.evaluate(_tiny(task.vocab_size).eval(), torch.device("cpu"))
+    assert set(metrics) == {"val/loss", "val/nll", "val/ppl", "test/bleu"}
