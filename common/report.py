@@ -303,7 +303,7 @@ def build_report(
             shown = f"{100 * r.ours:+.1f} pts" if kind == "percent" else f"{r.ours:+.4g}"
         else:
             shown = fmt(r.ours, kind)
-        lines.append(f"| {r.claim['id']} | {r.claim['statement']} | {r.claim.get('source', '')} | "
+        lines.append(f"| {r.claim['id']} | {' '.join(str(r.claim['statement']).split())} | {r.claim.get('source', '')} | "
                      f"{fmt(r.claim.get('paper'), kind)} | {shown} | {r.criterion or '—'} | **{r.verdict}** |")  # fmt: skip
     lines += ["", "## Figures", ""]
     for task in sorted({t for (t, _, _) in runs}):
