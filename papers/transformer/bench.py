@@ -27,19 +27,10 @@ import torch
 from common.models.attention import attention, attention_ref
 from common.models.gpt import GPTConfig, build_gpt
 from common.paths import runs_dir
+from common.tracking import cpu_name
 
 NANOGPT_CPU = dict(vocab_size=65, block_size=64, n_layers=4, n_heads=4, d_model=128)
 TRAIN_BATCH = 12
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _timed(fn: Callable[[], object], repeats: int) -> float:
@@ -147,7 +138,7 @@ def run(
 ) -> dict:
     """Run the three benchmarks; write ``out_dir/bench.json`` and ``out_dir/bench.md``."""
     result = {
-        "hardware": f"{_cpu_name()} ({platform.machine()})",
+        "hardware": f"{cpu_name()} ({platform.machine()})",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
