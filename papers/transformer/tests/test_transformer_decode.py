@@ -103,7 +103,9 @@ def test_copy_task_is_learned_exactly():
     torch.set_num_threads(1)  # the same arithmetic whatever the machine's core count
     try:
         torch.manual_seed(0)
-        cfg = TransformerConfig(vocab_size=COPY_VOCAB, d_model=32, n_heads=4, d_ff=64, n_layers=2, dropout=0.0)
+        cfg = TransformerConfig(
+            vocab_size=COPY_VOCAB, d_model=32, n_heads=4, d_ff=64, n_layers=2, dropout=0.0
+        )
         model = Transformer(cfg)
         opt, sched = paper_optimizer(model, cfg.d_model, warmup_steps=100, factor=0.5)
         for step in range(600):
