@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,60 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             "move it away or run with resume=false"
         )
     return state
+
+
+def average_checkpoints(checkpoints: Sequence[dict | str | Path], key: str | None = None) -> dict:
+    """Element-wise mean of model state dicts (Sec. 6.1), e.g. of the last N checkpoints.
+
+    Each item is a state dict or a file written by ``torch.save``; ``key`` selects the state dict
+    inside each file (``"model"`` for ``common.checkpoint`` files). Floating tensors are averaged
+    in float64 and cast back; other tensors (integer buffers) must agree and are kept.
+    """
+    if not checkpoints:
+        raise ValueError("average_checkpoints needs at least one checkpoint")
+    states = []
+    for item in checkpoints:
+        state = item if isinstance(item, dict) else torch.load(item, map_location="cpu", weights_only=True)
+        states.append(state[key] if key is not None else state)
+    names = list(states[0])
+    for state in states[1:]:
+        if list(state) != names:
+            raise ValueError("checkpoints to average hold different parameter names")
+    averaged = {}
+    for name in names:
+        first = states[0][name]
+        if first.is_floating_point():
+            total = sum(state[name].double() for state in states)
+            averaged[name] = (total / len(states)).to(first.dtype)
+        else:
+            if any(not torch.equal(state[name], first) for state in states[1:]):
+                raise ValueError(f"non-floating tensor '{name}' differs between checkpoints")
+            averaged[name] = first.clone()
+    return averaged
+
+
+class WeightSnapshots:
+    """The model weights at a run's last ``keep`` checkpoints, for checkpoint averaging (Vaswani et al.
+    2017, Sec. 6.1): files ``weights-<step>.pt`` beside the run's ``last.pt``, older ones deleted."""
+
+    def __init__(self, ckpt_path: Path, keep: int):
+        self.folder, self.keep = ckpt_path.parent, keep
+
+    def steps(self) -> list[int]:
+        return sorted(int(p.stem.split("-")[1]) for p in self.folder.glob("weights-*.pt"))
+
+    def path(self, step: int) -> Path:
+        return self.folder / f"weights-{step:08d}.pt"
+
+    def discard_after(self, step: int) -> None:
+        """Drop snapshots newer than ``step``: left by an earlier run, or by a kill before last.pt."""
+        for later in (s for s in self.steps() if s > step):
+            self.path(later).unlink()
+
+    def save(self, step: int, weights: dict[str, torch.Tensor]) -> None:
+        save_checkpoint(self.path(step), {name: tensor.detach().cpu() for name, tensor in weights.items()})
+        for old in self.steps()[: -self.keep]:
+            self.path(old).unlink()
+
+    def average(self) -> dict[str, torch.Tensor]:
+        return average_checkpoints([self.path(step) for step in self.steps()[-self.keep :]])

@@ -9,7 +9,8 @@ Contracts
 Features: device auto (cuda > mps > cpu), bf16 autocast on CUDA, optional torch.compile, AdamW
 with decay/no-decay groups, warmup + cosine / constant / noam schedules (LambdaLR), gradient
 accumulation and clipping, periodic evaluation, a progress bar (step, loss, lr, tokens/s),
-atomic checkpoints with exact resume, NaN/inf stop, and DDP under torchrun (gloo on CPU, NCCL on
+atomic checkpoints with exact resume, checkpoint averaging (``average_last``: the final evaluation
+and the finished checkpoint use the mean weights of the last N checkpoints), NaN/inf stop, and DDP under torchrun (gloo on CPU, NCCL on
 GPU; each rank takes its slice of the global batch; only rank 0 logs and checkpoints).
 """
 
@@ -28,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from common.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from common.checkpoint import WeightSnapshots, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from common.config import Optimizer, Schedule, TrainConfig
 from common.errors import PaperzooError, TrainingDiverged
 
@@ -182,8 +183,18 @@ def train(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
+    snapshots = None
+    if cfg.average_last > 1:
+        if ckpt_path is None:
+            raise PaperzooError("train.average_last needs checkpoints: run through a paper's reproduction")
+        snapshots = WeightSnapshots(ckpt_path, cfg.average_last)
+        if rank == 0:
+            snapshots.discard_after(start)
+
     def checkpoint(step: int, loss: float, finished: bool = False) -> None:
         if rank == 0 and ckpt_path is not None:
+            if snapshots is not None and not finished:
+                snapshots.save(step, raw_model.state_dict())
             save_checkpoint(ckpt_path, {
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rng_state(), "step": step,
@@ -251,6 +262,9 @@ def train(
     bar.close()
 
     if rank == 0:
+        if snapshots is not None:
+            snapshots.save(cfg.max_steps, raw_model.state_dict())
+            raw_model.load_state_dict(snapshots.average())
         metrics = run_evaluation(raw_model, task, device, cfg.precision)
         log(metrics, cfg.max_steps)
     checkpoint(cfg.max_steps, loss_value, finished=True)

@@ -116,6 +116,33 @@ def test_resume_in_process_matches_uninterrupted(tmp_path):
     assert resumed.final_loss == pytest.approx(full.final_loss, abs=1e-6)
 
 
+def test_checkpoint_averaging_evaluates_the_mean_of_the_last_checkpoints(tmp_path):
+    cfg = quick(max_steps=30, ckpt_every=5)
+    torch.manual_seed(0)
+    plain = Classifier(hidden=16)
+    train(plain, RingsTask(test_size=100), cfg, ckpt_path=tmp_path / "plain" / "last.pt", progress=False)
+    run_dir = tmp_path / "avg"
+    run_dir.mkdir()
+    save_checkpoint(run_dir / "weights-00000099.pt", {"stale": torch.zeros(1)})  # from an older run
+    torch.manual_seed(0)
+    averaged = Classifier(hidden=16)
+    result = train(averaged, RingsTask(test_size=100), quick(max_steps=30, ckpt_every=5, average_last=3),
+                   ckpt_path=run_dir / "last.pt", progress=False)  # fmt: skip
+    kept = sorted(p.name for p in run_dir.glob("weights-*.pt"))
+    assert kept == ["weights-00000020.pt", "weights-00000025.pt", "weights-00000030.pt"]
+    snaps = [torch.load(run_dir / name, weights_only=True) for name in kept]
+    for name, value in plain.state_dict().items():  # the same run: the last snapshot is the final weights
+        torch.testing.assert_close(snaps[-1][name], value)
+        mean = sum(s[name] for s in snaps) / 3
+        torch.testing.assert_close(averaged.state_dict()[name], mean)
+        assert not torch.allclose(mean, value)
+    torch.testing.assert_close(load_checkpoint(run_dir / "last.pt")["model"]["net.0.weight"],
+                               averaged.state_dict()["net.0.weight"])  # fmt: skip
+    assert result.metrics == RingsTask(test_size=100).evaluate(averaged, torch.device("cpu"))
+    with pytest.raises(PaperzooError, match="average_last"):
+        train(Classifier(hidden=16), RingsTask(test_size=100), quick(average_last=2), progress=False)
+
+
 def _final_loss(store, run_name="rings/mlp/s0"):
     mlflow_client = client(f"sqlite:///{store / 'mlflow.db'}")
     exp = mlflow_client.get_experiment_by_name("_template")

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common.checkpoint import average_checkpoints
 from papers.transformer.model import Transformer, TransformerConfig, label_smoothed_cross_entropy
-from papers.transformer.training import average_checkpoints, paper_optimizer, transformer_lr
+from papers.transformer.training import paper_optimizer, transformer_lr
 
 TINY = dict(vocab_size=23, d_model=16, n_heads=2, d_ff=32, n_layers=2, dropout=0.0)
 

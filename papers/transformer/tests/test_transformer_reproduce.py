@@ -59,7 +59,8 @@ def test_presets_follow_the_recipes():
         )
         assert base.noam_d_model == cfg.multi30k.model.d_model  # Eq. 3 uses the model's width
         params = {v: runs[f"multi30k/{v}"].params for v in ("base", "one_head", "learned_pos")}
-        assert (params["base"]["n_heads"], params["one_head"]["n_heads"]) == (8, 1)
+        assert (params["base"]["n_heads"], params["one_head"]["n_heads"]) == ({"cpu": 4, "gpu": 8}[scale], 1)
+        assert base.average_last == 5  # Sec. 6.1: the base model averages its last 5 checkpoints
         assert params["one_head"]["d_model"] == params["base"]["d_model"]
         assert (params["base"]["positions"], params["learned_pos"]["positions"]) == ("sinusoidal", "learned")
     gpu = _plan("scale=gpu")[0].multi30k.model
