@@ -58,7 +58,9 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate only at the end
     log_every: int = 10
     ckpt_every: int = 200  # 0: checkpoint only at the end
-    average_last: int = 0  # > 1: evaluate the mean weights of the last N checkpoints (Vaswani et al. Sec. 6.1)
+    average_last: int = (
+        0  # > 1: evaluate the mean weights of the last N checkpoints (Vaswani et al. Sec. 6.1)
+    )
     compile: bool = False
     device: str = "auto"  # auto = cuda > mps > cpu
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 elsewhere; or fp32 / bf16

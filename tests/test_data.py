@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from common.data.corpus import CharTokenizer, LanguageModelingTask, TokenizedCorpus, fit_tokenizer, load_text
-from common.data.synthetic import generator
+from common.data.synthetic import IGNORE_INDEX, InductionHeads, generator, induction_heads
 from common.errors import PaperzooError
 from common.paths import data_dir
 
@@ -19,6 +19,29 @@ def test_generator_is_pure_in_seed_split_index():
     assert not torch.equal(draw(0, "train", 5), draw(1, "train", 5))
     assert not torch.equal(draw(0, "train", 5), draw(0, "val", 5))
     assert not torch.equal(draw(0, "train", 5), draw(0, "train", 6))
+
+
+def _induction_facts(idx, targets, trigger=15):
+    """(position of the first trigger, whether the target is the token after it) per row."""
+    first = (idx[:, :-1] == trigger).int().argmax(1)
+    after = idx[torch.arange(idx.shape[0]), first + 1]
+    return first, torch.equal(after, targets[:, -1])
+
+
+def test_induction_heads_examples_and_the_long_phase():
+    idx, targets = induction_heads(generator(0, "train", 0), 256, 40)
+    first, consistent = _induction_facts(idx, targets)
+    assert consistent and (idx[:, :-1] == 15).sum(1).eq(1).all() and (idx[:, -1] == 15).all()
+    assert (targets[:, :-1] == IGNORE_INDEX).all() and first.max() > 30  # anywhere up to L - 3
+    near, _ = _induction_facts(*induction_heads(generator(0, "train", 0), 256, 40, first_before=5))
+    assert near.max() < 5
+
+    task = InductionHeads(train_len=32, long_len=256, long_from=10, long_first=0.25)
+    short, long = task.batch("train", 9, 16, 0), task.batch("train", 10, 16, 0)
+    assert short["idx"].shape == (16, 32) and long["idx"].shape == (2, 256)  # same tokens per batch
+    first, consistent = _induction_facts(long["idx"], long["targets"])
+    assert consistent and first.max() < 64
+    assert task.batch("test", 10, 16, 0)["idx"].shape == (16, 32)  # only training batches change
 
 
 def test_char_tokenizer_round_trip():

@@ -48,12 +48,17 @@ def selective_copying(g: torch.Generator, batch_size: int, n_ctx: int, n_data: i
     return idx, targets
 
 
-def induction_heads(g: torch.Generator, batch_size: int, length: int, vocab: int = 16):
+def induction_heads(
+    g: torch.Generator, batch_size: int, length: int, vocab: int = 16, first_before: int | None = None
+):
     """(idx, targets), each (B, length): random tokens with a trigger token (vocab - 1) placed once,
-    followed by a value; the sequence ends with the trigger again and the target is that value."""
+    followed by a value; the sequence ends with the trigger again and the target is that value.
+
+    The first trigger lies anywhere before position ``length - 2``, or before ``first_before`` when
+    given: a small value puts the two triggers far apart in every sequence."""
     trigger = vocab - 1
     idx = torch.randint(0, trigger, (batch_size, length), generator=g)  # (B, L), no trigger yet
-    first = torch.randint(0, length - 2, (batch_size,), generator=g)  # (B,)
+    first = torch.randint(0, min(first_before or length - 2, length - 2), (batch_size,), generator=g)  # (B,)
     rows = torch.arange(batch_size)
     idx[rows, first] = trigger
     idx[:, -1] = trigger
@@ -112,15 +117,28 @@ class InductionHeads:
 
     Reports ``acc/L<n>`` for each test length, and ``acc/train_len`` / ``acc/train_len_x4`` (accuracy at
     the training length and at 4x it) so that claims read the same metric at every preset. Training
-    draws fresh random data every step."""
+    draws fresh random data every step.
+
+    Optional long phase (``long_len`` > 0): batches from index ``long_from`` on hold sequences of
+    ``long_len`` tokens, as many tokens per batch as before (``batch_size * train_len // long_len``
+    sequences), with the first trigger in the first ``long_first`` fraction of the sequence, so that
+    every example needs a memory of at least (1 - long_first) * long_len steps."""
 
     def __init__(self, train_len: int = 256, vocab: int = 16, test_lengths: tuple[int, ...] = (64, 256, 1024),
-                 test_size: int = 256, max_eval_tokens: int = 2**17, eval_seed: int = 1234):  # fmt: skip
+                 test_size: int = 256, max_eval_tokens: int = 2**17, eval_seed: int = 1234,
+                 long_len: int = 0, long_from: int = 0, long_first: float = 0.25):  # fmt: skip
         self.train_len, self.vocab, self.test_lengths = train_len, vocab, tuple(test_lengths)
+        self.long_len, self.long_from, self.long_first = long_len, long_from, long_first
         self.test_size, self.max_eval_tokens, self.eval_seed = test_size, max_eval_tokens, eval_seed
 
     def batch(self, split: str, index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
-        idx, targets = induction_heads(generator(seed, split, index), batch_size, self.train_len, self.vocab)
+        g = generator(seed, split, index)
+        if self.long_len and split == "train" and index >= self.long_from:
+            n = max(1, batch_size * self.train_len // self.long_len)
+            first_before = max(1, int(self.long_first * self.long_len))
+            idx, targets = induction_heads(g, n, self.long_len, self.vocab, first_before)
+        else:
+            idx, targets = induction_heads(g, batch_size, self.train_len, self.vocab)
         return {"idx": idx, "targets": targets}
 
     def evaluate(self, model, device) -> dict[str, float]:

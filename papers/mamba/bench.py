@@ -16,8 +16,6 @@ DIR/bench.md and DIR/bench.json (default DIR: reports/mamba) and ``run`` returns
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import time
 from collections.abc import Callable
 from functools import partial
@@ -26,8 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.bench import environment, environment_line, sync, timed, write_results
 from common.paths import reports_dir
-from common.tracking import cpu_name
 
 from .model import build_mamba_lm
 from .ops import selective_scan, selective_scan_ref
@@ -35,28 +33,6 @@ from .ops import selective_scan, selective_scan_ref
 SCAN = dict(batch=2, d=128, n=16)
 LM = dict(vocab_size=65, d_model=128, n_layers=4)  # the shakespeare_char Mamba of experiment.py
 REFERENCE_BUDGET_S = 30.0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per call of each function after one untimed warm-up call each. The functions take
-    turns, so that a busy machine slows them all alike and their ratios stay meaningful."""
-    times: dict[str, list[float]] = {}
-    for name, fn in fns.items():
-        fn()
-        times[name] = []
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def _scan_inputs(length: int, device: torch.device, seed: int = 0) -> dict:
@@ -134,7 +110,7 @@ def bench_scan(
                     continue
             to_time[name] = partial(_fwd_bwd, fn, x)
         log(f"scan L={length}: timing {', '.join(to_time)} ({repeats} repeats, taking turns)")
-        for name, seconds in _timed(to_time, repeats, device).items():
+        for name, seconds in timed(to_time, repeats, device).items():
             row[name], last_time[name] = seconds, (length, seconds)
             log(f"scan L={length} {name}: {1e3 * seconds:.1f} ms fwd+bwd")
         for other in ("reference", "mambapy_pscan", "mamba_ssm_reference"):
@@ -160,12 +136,12 @@ def bench_generation(
         while state["pos"] < position:
             logits, state = lm.step(token, state)
             token = logits.argmax(-1)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for _ in range(tokens):
             logits, state = lm.step(token, state)
             token = logits.argmax(-1)
-        _sync(device)
+        sync(device)
         seconds = (time.perf_counter() - start) / tokens
         rows.append({"position": position, "ms_per_token": 1e3 * seconds, "state_bytes": _state_bytes(state)})
         log(
@@ -184,12 +160,10 @@ def _fmt_ms(value) -> str:
 
 
 def _markdown(r: dict) -> str:
-    hw = r["hardware"]
     lines = [
         "# Mamba: selective scan and generation speed",
         "",
-        f"CPU: {hw['cpu']}; GPU: {hw['gpu'] or 'none'}; device: {hw['device']}, {hw['threads']} threads; "
-        f"torch {r['torch']}; {r['date']}",
+        environment_line(r),
         "",
         f"## Selective scan, forward + backward (ms; batch {SCAN['batch']}, d {SCAN['d']}, n {SCAN['n']})",
         "",
@@ -230,22 +204,11 @@ def run(
     """Run both benchmarks on CUDA if available, else CPU; write ``out_dir/bench.{md,json}``; return the numbers."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = {
-        "hardware": {
-            "cpu": cpu_name(),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "device": device.type,
-            "threads": torch.get_num_threads(),
-        },
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        **environment(device),
         "scan": bench_scan(tuple(lengths), repeats, device, log),
         "generation": bench_generation(tuple(gen_positions), gen_tokens, device, log),
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "bench.md").write_text(_markdown(result))
-    return result
+    return write_results(out_dir, result, _markdown)
 
 
 def main() -> None:

@@ -49,6 +49,11 @@ class InductionHeadsConfig:
     test_lengths: list[int] = field(default_factory=lambda: [2**k for k in range(6, 15)])
     attention_max_test_len: int = 2048  # MHA-Abs is quadratic: not tested beyond this
     mamba_d_model: int = 64
+    # Mamba's long phase (common.data.synthetic.InductionHeads): its last mamba_long_steps steps train
+    # at mamba_long_len with far-apart triggers (first one in the first long_first of the sequence)
+    mamba_long_len: int = 0
+    mamba_long_steps: int = 0
+    long_first: float = 0.25
     attention_d_model: int = 128
     n_layers: int = 2
     n_heads: int = 8
@@ -108,14 +113,18 @@ def selective_copying_runs(c: SelectiveCopyingConfig) -> list[Run]:
 def induction_heads_runs(c: InductionHeadsConfig) -> list[Run]:
     runs = []
     for name in c.variants:
+        long = {}
         if name == "mamba":
             lengths, build = c.test_lengths, lambda: build_mamba_lm(c.vocab, c.mamba_d_model, c.n_layers)
+            if c.mamba_long_len:
+                long_from = (c.train.max_steps - c.mamba_long_steps) * c.train.grad_accum
+                long = {"long_len": c.mamba_long_len, "long_from": long_from, "long_first": c.long_first}
         elif name == "mha_abs":
             lengths = [n for n in c.test_lengths if n <= c.attention_max_test_len]
             build = lambda: attention_lm(c.vocab, c.attention_d_model, c.n_layers, c.n_heads)  # noqa: E731
         else:
             raise ValueError(f"unknown induction_heads variant '{name}'; choose mamba or mha_abs")
-        task = InductionHeads(c.train_len, c.vocab, tuple(lengths), c.test_size, c.max_eval_tokens)
+        task = InductionHeads(c.train_len, c.vocab, tuple(lengths), c.test_size, c.max_eval_tokens, **long)
         runs.append(Run("induction_heads", name, build, task, train_config(c.train)))
     return runs
 
@@ -139,6 +148,14 @@ def plan(cfg: Config) -> list[Run]:
             raise PaperzooError(
                 f"unknown {section}.variants {sorted(unknown)}; choose from {', '.join(allowed)}"
             )
+    c = cfg.induction_heads
+    if c.mamba_long_len and not 0 < c.mamba_long_steps <= c.train.max_steps:
+        raise PaperzooError(
+            f"induction_heads.mamba_long_steps={c.mamba_long_steps} must be in 1..train.max_steps "
+            f"({c.train.max_steps}) when mamba_long_len is set"
+        )
+    if not 0 < c.long_first <= 1:
+        raise PaperzooError(f"induction_heads.long_first={c.long_first} must be in (0, 1]")
     return [
         *selective_copying_runs(cfg.selective_copying),
         *induction_heads_runs(cfg.induction_heads),

@@ -15,31 +15,18 @@ DIR/bench.json and returns the same numbers from ``run``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from common.bench import environment, environment_line, timed, write_results
 from common.models.attention import attention, attention_ref
 from common.models.gpt import GPTConfig, build_gpt
 from common.paths import runs_dir
-from common.tracking import cpu_name
 
 NANOGPT_CPU = dict(vocab_size=65, block_size=64, n_layers=4, n_heads=4, d_model=128)
 TRAIN_BATCH = 12
-
-
-def _timed(fn: Callable[[], object], repeats: int) -> float:
-    """Seconds per call after one untimed warm-up call."""
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
 
 
 def bench_training(steps: int) -> dict:
@@ -57,7 +44,7 @@ def bench_training(steps: int) -> dict:
         loss.backward()
         opt.step()
 
-    seconds = _timed(step, steps)
+    seconds = timed({"step": step}, steps)["step"]
     return {"params": model.num_params(), "steps": steps, "ms_per_step": 1e3 * seconds,
             "tokens_per_s": TRAIN_BATCH * cfg.block_size / seconds}  # fmt: skip
 
@@ -98,7 +85,7 @@ def bench_attention(lengths: tuple[int, ...], repeats: int) -> list[dict]:
             def fwd_bwd(fn=fn, qkv=qkv) -> None:
                 fn(*qkv, causal=True).sum().backward()
 
-            times[name] = _timed(fwd_bwd, repeats)
+            times[name] = timed({name: fwd_bwd}, repeats)[name]
         rows.append({"L": length, "reference_ms": 1e3 * times["reference"], "fast_ms": 1e3 * times["fast"],
                      "speedup": times["reference"] / times["fast"]})  # fmt: skip
     return rows
@@ -109,7 +96,7 @@ def _markdown(r: dict) -> str:
     lines = [
         "# Attention / GPT throughput",
         "",
-        f"{r['hardware']}; torch {r['torch']}, {r['threads']} threads; {r['date']}",
+        environment_line(r),
         "",
         "| benchmark | setting | result |",
         "| --- | --- | --- |",
@@ -138,19 +125,12 @@ def run(
 ) -> dict:
     """Run the three benchmarks; write ``out_dir/bench.json`` and ``out_dir/bench.md``."""
     result = {
-        "hardware": f"{cpu_name()} ({platform.machine()})",
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        **environment(torch.device("cpu")),
         "training": bench_training(train_steps),
         "generation": bench_generation(gen_tokens),
         "attention": bench_attention(tuple(attn_lengths), attn_repeats),
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "bench.md").write_text(_markdown(result))
-    return result
+    return write_results(out_dir, result, _markdown)
 
 
 def main() -> None:

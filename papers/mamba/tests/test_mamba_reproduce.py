@@ -33,3 +33,8 @@ def test_smoke_reproduction_logs_every_run_and_writes_the_claims_table(lab):
 def test_unknown_variant_is_a_one_line_error(lab):
     result = run_cli("-m", "common.reproduce", "mamba", "scale=smoke", "selective_copying.variants=[s7]")
     assert_one_line_error(result, "unknown selective_copying.variants", "s6")
+
+
+def test_long_phase_needs_a_step_count(lab):
+    result = run_cli("-m", "common.reproduce", "mamba", "scale=smoke", "induction_heads.mamba_long_len=64")
+    assert_one_line_error(result, "induction_heads.mamba_long_steps=0")
