@@ -36,5 +36,5 @@ def test_unknown_variant_is_a_one_line_error(lab):
 
 
 def test_long_phase_needs_a_step_count(lab):
-    result = run_cli("-m", "common.reproduce", "mamba", "scale=smoke", "induction_heads.mamba_long_len=64")
+    result = run_cli("-m", "common.reproduce", "mamba", "scale=smoke", "induction_heads.mamba_long_steps=0")
     assert_one_line_error(result, "induction_heads.mamba_long_steps=0")
