@@ -28,7 +28,7 @@ def _induction_facts(idx, targets, trigger=15):
     return first, torch.equal(after, targets[:, -1])
 
 
-def test_induction_heads_examples_and_the_long_phase():
+def test_induction_heads_examples_and_the_curriculum():
     idx, targets = induction_heads(generator(0, "train", 0), 256, 40)
     first, consistent = _induction_facts(idx, targets)
     assert consistent and (idx[:, :-1] == 15).sum(1).eq(1).all() and (idx[:, -1] == 15).all()
@@ -36,11 +36,14 @@ def test_induction_heads_examples_and_the_long_phase():
     near, _ = _induction_facts(*induction_heads(generator(0, "train", 0), 256, 40, first_before=5))
     assert near.max() < 5
 
-    task = InductionHeads(train_len=32, long_len=256, long_from=10, long_first=0.25)
-    short, long = task.batch("train", 9, 16, 0), task.batch("train", 10, 16, 0)
+    task = InductionHeads(train_len=32, stages=((32, 10, 0, 1.0), (256, 5, 0, 0.25), (8, 3, 4, 1.0)))
+    short, long, tiny = (task.batch("train", i, 16, 0) for i in (9, 10, 15))
     assert short["idx"].shape == (16, 32) and long["idx"].shape == (2, 256)  # same tokens per batch
     first, consistent = _induction_facts(long["idx"], long["targets"])
     assert consistent and first.max() < 64
+    assert (
+        tiny["idx"].shape == task.batch("train", 99, 16, 0)["idx"].shape == (4, 8)
+    )  # the last stage goes on
     assert task.batch("test", 10, 16, 0)["idx"].shape == (16, 32)  # only training batches change
 
 

@@ -119,24 +119,34 @@ class InductionHeads:
     the training length and at 4x it) so that claims read the same metric at every preset. Training
     draws fresh random data every step.
 
-    Optional long phase (``long_len`` > 0): batches from index ``long_from`` on hold sequences of
-    ``long_len`` tokens, as many tokens per batch as before (``batch_size * train_len // long_len``
-    sequences), with the first trigger in the first ``long_first`` fraction of the sequence, so that
-    every example needs a memory of at least (1 - long_first) * long_len steps."""
+    Optional curriculum: ``stages`` is a sequence of ``(length, steps, batch_size, first)``; training
+    batches walk through them in order (``steps`` batches each; the last stage continues to the end).
+    A stage's ``batch_size`` of 0 keeps the tokens per batch of the run (``batch_size * train_len //
+    length`` sequences), and its first trigger lies in the first ``first`` fraction of the sequence
+    (1.0: anywhere; 0.1: every example needs a memory of at least 0.9 * length steps)."""
 
     def __init__(self, train_len: int = 256, vocab: int = 16, test_lengths: tuple[int, ...] = (64, 256, 1024),
                  test_size: int = 256, max_eval_tokens: int = 2**17, eval_seed: int = 1234,
-                 long_len: int = 0, long_from: int = 0, long_first: float = 0.25):  # fmt: skip
+                 stages: tuple[tuple[int, int, int, float], ...] = ()):  # fmt: skip
         self.train_len, self.vocab, self.test_lengths = train_len, vocab, tuple(test_lengths)
-        self.long_len, self.long_from, self.long_first = long_len, long_from, long_first
         self.test_size, self.max_eval_tokens, self.eval_seed = test_size, max_eval_tokens, eval_seed
+        self.stages = tuple(stages)
+
+    def stage(self, index: int) -> tuple[int, int, int, float]:
+        """The curriculum stage of training batch ``index``."""
+        end = 0
+        for stage in self.stages:
+            end += stage[1]
+            if index < end:
+                return stage
+        return self.stages[-1]
 
     def batch(self, split: str, index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
         g = generator(seed, split, index)
-        if self.long_len and split == "train" and index >= self.long_from:
-            n = max(1, batch_size * self.train_len // self.long_len)
-            first_before = max(1, int(self.long_first * self.long_len))
-            idx, targets = induction_heads(g, n, self.long_len, self.vocab, first_before)
+        if self.stages and split == "train":
+            length, _, stage_batch, first = self.stage(index)
+            n = stage_batch or max(1, batch_size * self.train_len // length)
+            idx, targets = induction_heads(g, n, length, self.vocab, max(1, int(first * (length - 2))))
         else:
             idx, targets = induction_heads(g, batch_size, self.train_len, self.vocab)
         return {"idx": idx, "targets": targets}

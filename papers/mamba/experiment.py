@@ -1,14 +1,14 @@
 """What `nox -s reproduce-mamba` trains (Gu & Dao 2023, Sec. 4.1-4.2 and Appendix E.1, scaled down).
 
 selective_copying   Table 1: S6 vs LTI (S4D-style) SSM, each in the Mamba block and without gate
-induction_heads     Table 2: Mamba vs MHA-Abs, trained at L=256 (cpu: 64, then Mamba's long phase at 1024 with
-                    far-apart triggers), tested at 2^6 .. 2^20 (cpu: 2^14)
+induction_heads     Table 2: Mamba vs MHA-Abs, trained at L=256 (cpu: 64, with a length curriculum per model),
+                    tested at 2^6 .. 2^20 (cpu: 2^14)
 shakespeare_char    Sec. 4.2: Mamba vs a GPT of about equal parameter count, val loss and tokens/s
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from common.config import BaseConfig, TrainConfig, train_config
 from common.data.corpus import LanguageModelingTask
@@ -44,17 +44,26 @@ class SelectiveCopyingConfig:
 
 
 @dataclass
+class Stage:
+    """One stage of an induction-heads curriculum."""
+
+    length: int
+    steps: int
+    batch_size: int = 0  # 0: as many tokens per batch as train.batch_size sequences of train_len
+    first: float = 1.0  # the first trigger lies in this leading fraction of the sequence
+
+
+@dataclass
 class InductionHeadsConfig:
     train_len: int = 256
     vocab: int = 16
     test_lengths: list[int] = field(default_factory=lambda: [2**k for k in range(6, 15)])
     attention_max_test_len: int = 2048  # MHA-Abs is quadratic: not tested beyond this
     mamba_d_model: int = 64
-    # Mamba's long phase (common.data.synthetic.InductionHeads): its last mamba_long_steps steps train
-    # at mamba_long_len with far-apart triggers (first one in the first long_first of the sequence)
-    mamba_long_len: int = 0
-    mamba_long_steps: int = 0
-    long_first: float = 0.25
+    # Length curricula (common.data.synthetic.InductionHeads): a run with stages trains their steps in order
+    # (the sum replaces train.max_steps); none: train.max_steps at train_len
+    mamba_stages: list[Stage] = field(default_factory=list)
+    mha_abs_stages: list[Stage] = field(default_factory=list)
     attention_d_model: int = 128
     n_layers: int = 2
     n_heads: int = 8
@@ -114,19 +123,25 @@ def selective_copying_runs(c: SelectiveCopyingConfig) -> list[Run]:
 def induction_heads_runs(c: InductionHeadsConfig) -> list[Run]:
     runs = []
     for name in c.variants:
-        long = {}
         if name == "mamba":
             lengths, build = c.test_lengths, lambda: build_mamba_lm(c.vocab, c.mamba_d_model, c.n_layers)
-            if c.mamba_long_len:
-                long_from = (c.train.max_steps - c.mamba_long_steps) * c.train.grad_accum
-                long = {"long_len": c.mamba_long_len, "long_from": long_from, "long_first": c.long_first}
         elif name == "mha_abs":
             lengths = [n for n in c.test_lengths if n <= c.attention_max_test_len]
             build = lambda: attention_lm(c.vocab, c.attention_d_model, c.n_layers, c.n_heads)  # noqa: E731
         else:
             raise ValueError(f"unknown induction_heads variant '{name}'; choose mamba or mha_abs")
-        task = InductionHeads(c.train_len, c.vocab, tuple(lengths), c.test_size, c.max_eval_tokens, **long)
-        runs.append(Run("induction_heads", name, build, task, train_config(c.train)))
+        stages = [(s.length, s.steps, s.batch_size, s.first) for s in c[f"{name}_stages"]]
+        train = train_config(c.train)
+        if stages:
+            train = replace(train, max_steps=sum(s[1] for s in stages))
+            stages = [
+                (length, steps * train.grad_accum, batch, first) for length, steps, batch, first in stages
+            ]
+        task = InductionHeads(
+            c.train_len, c.vocab, tuple(lengths), c.test_size, c.max_eval_tokens, tuple(stages)
+        )
+        params = {"stages": " ".join(f"{s[1]}x{s[0]}" for s in stages)} if stages else {}
+        runs.append(Run("induction_heads", name, build, task, train, params))
     return runs
 
 
@@ -149,14 +164,14 @@ def plan(cfg: Config) -> list[Run]:
             raise PaperzooError(
                 f"unknown {section}.variants {sorted(unknown)}; choose from {', '.join(allowed)}"
             )
-    c = cfg.induction_heads
-    if c.mamba_long_len and not 0 < c.mamba_long_steps <= c.train.max_steps:
-        raise PaperzooError(
-            f"induction_heads.mamba_long_steps={c.mamba_long_steps} must be in 1..train.max_steps "
-            f"({c.train.max_steps}) when mamba_long_len is set"
-        )
-    if not 0 < c.long_first <= 1:
-        raise PaperzooError(f"induction_heads.long_first={c.long_first} must be in (0, 1]")
+    for variant in ("mamba", "mha_abs"):
+        for i, stage in enumerate(cfg.induction_heads[f"{variant}_stages"]):
+            if stage.length < 3 or stage.steps < 1 or stage.batch_size < 0 or not 0 < stage.first <= 1:
+                raise PaperzooError(
+                    f"induction_heads.{variant}_stages[{i}] (length {stage.length}, steps {stage.steps}, batch_size "
+                    f"{stage.batch_size}, first {stage.first}): needs length >= 3, steps >= 1, batch_size >= 0, "
+                    "0 < first <= 1"
+                )
     return [
         *selective_copying_runs(cfg.selective_copying),
         *induction_heads_runs(cfg.induction_heads),

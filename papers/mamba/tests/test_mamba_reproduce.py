@@ -2,6 +2,8 @@
 
 import pytest
 
+from common.config import load_config
+from common.experiment import load_paper
 from common.testing import assert_one_line_error, run_cli
 from common.tracking import client
 
@@ -35,6 +37,16 @@ def test_unknown_variant_is_a_one_line_error(lab):
     assert_one_line_error(result, "unknown selective_copying.variants", "s6")
 
 
-def test_long_phase_needs_a_step_count(lab):
-    result = run_cli("-m", "common.reproduce", "mamba", "scale=smoke", "induction_heads.mamba_long_steps=0")
-    assert_one_line_error(result, "induction_heads.mamba_long_steps=0")
+def test_bad_curriculum_stage_is_a_one_line_error(lab):
+    result = run_cli(
+        "-m", "common.reproduce", "mamba", "scale=smoke", "induction_heads.mamba_stages=[{length: 64, steps: 0}]"
+    )  # fmt: skip
+    assert_one_line_error(result, "induction_heads.mamba_stages[0]", "steps >= 1")
+
+
+def test_curricula_set_the_step_count():
+    paper = load_paper("mamba")
+    runs = {r.key: r for r in paper.plan(load_config(paper.schema, paper.path / "configs", ["scale=cpu"]))}
+    assert runs["induction_heads/mamba"].train.max_steps == 1100
+    assert runs["induction_heads/mha_abs"].train.max_steps == 4700
+    assert runs["induction_heads/mamba"].params["stages"] == "800x64 300x1024"
