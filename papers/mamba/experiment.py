@@ -138,7 +138,7 @@ def induction_heads_runs(c: InductionHeadsConfig) -> list[Run]:
                 (length, steps * train.grad_accum, batch, first) for length, steps, batch, first in stages
             ]
         task = InductionHeads(
-            c.train_len, c.vocab, tuple(lengths), c.test_size, c.max_eval_tokens, tuple(stages)
+            c.train_len, c.vocab, tuple(lengths), c.test_size, c.max_eval_tokens, stages=tuple(stages)
         )
         params = {"stages": " ".join(f"{s[1]}x{s[0]}" for s in stages)} if stages else {}
         runs.append(Run("induction_heads", name, build, task, train, params))
