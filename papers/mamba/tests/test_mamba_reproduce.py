@@ -53,3 +53,7 @@ def test_curricula_set_the_step_count():
         and "stages" not in runs["induction_heads/mha_abs"].params
     )
     assert runs["induction_heads/mamba"].params["stages"] == "800x64 300x1024"
+    assert runs["induction_heads/mamba"].data.stages == ((64, 800, 0, 1.0), (1024, 300, 0, 0.1))
+    assert (
+        runs["induction_heads/mamba"].data.eval_seed == 1234
+    )  # the test set is the same with or without stages
