@@ -132,6 +132,7 @@ def induction_heads_runs(c: InductionHeadsConfig) -> list[Run]:
             raise ValueError(f"unknown induction_heads variant '{name}'; choose mamba or mha_abs")
         stages = [(s.length, s.steps, s.batch_size, s.first) for s in c[f"{name}_stages"]]
         train = train_config(c.train)
+        params = {"stages": " ".join(f"{steps}x{length}" for length, steps, _, _ in stages)} if stages else {}
         if stages:
             train = replace(train, max_steps=sum(s[1] for s in stages))
             stages = [
@@ -140,7 +141,6 @@ def induction_heads_runs(c: InductionHeadsConfig) -> list[Run]:
         task = InductionHeads(
             c.train_len, c.vocab, tuple(lengths), c.test_size, c.max_eval_tokens, stages=tuple(stages)
         )
-        params = {"stages": " ".join(f"{s[1]}x{s[0]}" for s in stages)} if stages else {}
         runs.append(Run("induction_heads", name, build, task, train, params))
     return runs
 
