@@ -1,7 +1,7 @@
 """What `nox -s reproduce-mamba` trains (Gu & Dao 2023, Sec. 4.1-4.2 and Appendix E.1, scaled down).
 
 selective_copying   Table 1: S6 vs LTI (S4D-style) SSM, each in the Mamba block and without gate
-induction_heads     Table 2: Mamba vs MHA-Abs, trained at L=256 (cpu: 64, Mamba ending at 1024),
+induction_heads     Table 2: Mamba vs MHA-Abs, trained at L=256 (cpu: 64, both through curricula),
                     tested at 2^6 .. 2^20 (cpu: 2^14)
 shakespeare_char    Sec. 4.2: Mamba vs a GPT of about equal parameter count, val loss and tokens/s
 """

@@ -48,10 +48,9 @@ def test_curricula_set_the_step_count():
     paper = load_paper("mamba")
     runs = {r.key: r for r in paper.plan(load_config(paper.schema, paper.path / "configs", ["scale=cpu"]))}
     assert runs["induction_heads/mamba"].train.max_steps == 1100
-    assert (
-        runs["induction_heads/mha_abs"].train.max_steps == 1100
-        and "stages" not in runs["induction_heads/mha_abs"].params
-    )
+    assert runs["induction_heads/mha_abs"].train.max_steps == 2500 + 500 + 500 + 1200
+    assert runs["induction_heads/mha_abs"].params["stages"] == "2500x8 500x16 500x32 1200x64"
+    assert runs["induction_heads/mha_abs"].data.stages[0] == (8, 2500, 256, 1.0)
     assert runs["induction_heads/mamba"].params["stages"] == "800x64 300x1024"
     assert runs["induction_heads/mamba"].data.stages == ((64, 800, 0, 1.0), (1024, 300, 0, 0.1))
     assert (
