@@ -119,3 +119,28 @@ def test_attention_dropout_only_in_training():
     mha.eval()
     assert not torch.allclose(train_out, mha(x, x))
     torch.testing.assert_close(mha(x, x), mha(x, x))
+
+
+@pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
+def test_language_model_places_each_sequence_at_its_start(positions):
+    from common.models.lm import CausalLM, GeluMLP
+
+    torch.manual_seed(0)
+    model = CausalLM(11, 32, 2, lambda i: CausalSelfAttention(32, 4), lambda i: GeluMLP(32),
+                     norm="layer", positions=positions, max_len=24).eval()  # fmt: skip
+    idx = torch.randint(0, 11, (3, 9))
+    start = torch.tensor([0, 5, 15])
+    shifted = model.logits(idx, start)  # (3, 9, 11)
+    for row, s in enumerate(start.tolist()):
+        assert torch.allclose(shifted[row], model.logits(idx[row : row + 1], s)[0], atol=1e-6)
+        state = model.init_state(1)
+        state["pos"] = s  # the recurrent form from the same absolute position
+        for t in range(idx.shape[1]):
+            step_logits, state = model.step(idx[row : row + 1, t], state)
+        assert torch.allclose(step_logits[0], shifted[row, -1], atol=1e-5)
+    assert not torch.allclose(shifted[1], shifted[0])  # the positions do change the output
+    loss = model({"idx": idx, "targets": idx, "start": start})
+    assert torch.isclose(loss, torch.nn.functional.cross_entropy(shifted.flatten(0, 1), idx.flatten()))
+    if positions == "learned":
+        with pytest.raises(ValueError, match="exceeds max_len 24"):
+            model.logits(idx, torch.tensor([0, 0, 16]))

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from common.data.corpus import CharTokenizer, LanguageModelingTask, TokenizedCorpus, fit_tokenizer, load_text
-from common.data.synthetic import IGNORE_INDEX, InductionHeads, generator, induction_heads
+from common.data.synthetic import IGNORE_INDEX, CurriculumStage, InductionHeads, generator, induction_heads
 from common.errors import PaperzooError
 from common.paths import data_dir
 
@@ -45,6 +45,16 @@ def test_induction_heads_examples_and_the_curriculum():
         tiny["idx"].shape == task.batch("train", 99, 16, 0)["idx"].shape == (4, 8)
     )  # the last stage goes on
     assert task.batch("test", 10, 16, 0)["idx"].shape == (16, 32)  # only training batches change
+    assert all("start" not in b for b in (short, long, tiny))
+
+
+def test_shifted_curriculum_stage_places_sequences_within_the_training_length():
+    task = InductionHeads(train_len=32, stages=(CurriculumStage(8, 5, 64, shift=True), (32, 5, 0, 1.0, True)))
+    short, full = task.batch("train", 0, 16, 0), task.batch("train", 5, 16, 0)
+    assert short["idx"].shape == (64, 8) and short["start"].shape == (64,)
+    assert short["start"].min() == 0 and short["start"].max() == 32 - 8  # every start, none past the end
+    assert (full["start"] == 0).all()  # a stage as long as train_len has nowhere to move
+    assert torch.equal(task.batch("train", 0, 16, 0)["start"], short["start"])  # deterministic
 
 
 def test_char_tokenizer_round_trip():

@@ -13,6 +13,7 @@ Tasks
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import torch
 
@@ -112,6 +113,24 @@ class SelectiveCopying:
         return {"test/acc": correct / total}
 
 
+@dataclass(frozen=True)
+class CurriculumStage:
+    """One stage of an InductionHeads curriculum: ``steps`` training batches of sequences of ``length``.
+
+    ``batch_size`` 0 keeps the tokens per batch of the run (``batch_size * train_len // length``
+    sequences); the first trigger lies in the first ``first`` fraction of the sequence (1.0: anywhere;
+    0.1: every example needs a memory of at least 0.9 * length steps); ``shift`` places each sequence
+    at a random absolute position that ends within the training length (a ``"start"`` (B,) entry in
+    the batch), so that a short stage trains every position a model with absolute positions is
+    tested at."""
+
+    length: int
+    steps: int
+    batch_size: int = 0
+    first: float = 1.0
+    shift: bool = False
+
+
 class InductionHeads:
     """Mamba Table 2 task: trained at ``train_len``, tested at every length in ``test_lengths``.
 
@@ -119,37 +138,39 @@ class InductionHeads:
     the training length and at 4x it) so that claims read the same metric at every preset. Training
     draws fresh random data every step.
 
-    Optional curriculum: ``stages`` is a sequence of ``(length, steps, batch_size, first)``; training
-    batches walk through them in order (``steps`` batches each; the last stage continues to the end).
-    A stage's ``batch_size`` of 0 keeps the tokens per batch of the run (``batch_size * train_len //
-    length`` sequences), and its first trigger lies in the first ``first`` fraction of the sequence
-    (1.0: anywhere; 0.1: every example needs a memory of at least 0.9 * length steps)."""
+    Optional curriculum: ``stages``, a sequence of CurriculumStage (or tuples of its fields); training
+    batches walk through them in order (``steps`` batches each; the last stage continues to the end)."""
 
     def __init__(self, train_len: int = 256, vocab: int = 16, test_lengths: tuple[int, ...] = (64, 256, 1024),
                  test_size: int = 256, max_eval_tokens: int = 2**17, eval_seed: int = 1234,
-                 stages: tuple[tuple[int, int, int, float], ...] = ()):  # fmt: skip
+                 stages: tuple[tuple, ...] = ()):  # fmt: skip
         self.train_len, self.vocab, self.test_lengths = train_len, vocab, tuple(test_lengths)
         self.test_size, self.max_eval_tokens, self.eval_seed = test_size, max_eval_tokens, eval_seed
-        self.stages = tuple(stages)
+        self.stages = tuple(s if isinstance(s, CurriculumStage) else CurriculumStage(*s) for s in stages)
 
-    def stage(self, index: int) -> tuple[int, int, int, float]:
+    def stage(self, index: int) -> CurriculumStage:
         """The curriculum stage of training batch ``index``."""
         end = 0
         for stage in self.stages:
-            end += stage[1]
+            end += stage.steps
             if index < end:
                 return stage
         return self.stages[-1]
 
     def batch(self, split: str, index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
         g = generator(seed, split, index)
-        if self.stages and split == "train":
-            length, _, stage_batch, first = self.stage(index)
-            n = stage_batch or max(1, batch_size * self.train_len // length)
-            idx, targets = induction_heads(g, n, length, self.vocab, max(1, int(first * (length - 2))))
-        else:
+        if not (self.stages and split == "train"):
             idx, targets = induction_heads(g, batch_size, self.train_len, self.vocab)
-        return {"idx": idx, "targets": targets}
+            return {"idx": idx, "targets": targets}
+        stage = self.stage(index)
+        n = stage.batch_size or max(1, batch_size * self.train_len // stage.length)
+        first_before = max(1, int(stage.first * (stage.length - 2)))
+        idx, targets = induction_heads(g, n, stage.length, self.vocab, first_before)
+        batch = {"idx": idx, "targets": targets}
+        if stage.shift:  # ends within train_len
+            last_start = max(0, self.train_len - stage.length)
+            batch["start"] = torch.randint(0, last_start + 1, (n,), generator=g)  # (B,)
+        return batch
 
     def evaluate(self, model, device) -> dict[str, float]:
         metrics = {}

@@ -15,7 +15,8 @@ A *mixer* is any ``nn.Module`` with
 
 so that every paper gets the same loss, generation and step-vs-parallel tests for free.
 The model contract of ``common.train``: ``model(batch) -> loss`` with
-``batch = {"idx": (B, L) long, "targets": (B, L) long, -100 = ignored}``.
+``batch = {"idx": (B, L) long, "targets": (B, L) long, -100 = ignored}`` and optionally ``"start"``
+(B,) long: the absolute position of each sequence's first token (default 0).
 """
 
 from __future__ import annotations
@@ -125,26 +126,30 @@ class CausalLM(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def _embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def _embed(self, idx: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
+        """Token + position embedding; ``start``: the absolute position of ``idx[:, 0]``, one for the
+        batch or one per sequence (B,)."""
         x = self.embed(idx)  # (B, L, D)
         if self.positions != "none":
-            pos = torch.arange(start, start + idx.shape[1], device=idx.device)
+            pos = torch.arange(idx.shape[1], device=idx.device)  # (L,)
+            pos = pos + (start.to(idx.device)[:, None] if torch.is_tensor(start) else start)  # (L,) or (B, L)
             if self.pos_embed is not None:
-                if start + idx.shape[1] > self.max_len:
-                    raise ValueError(f"sequence length {start + idx.shape[1]} exceeds max_len {self.max_len}")
+                if int(pos.max()) >= self.max_len:
+                    raise ValueError(f"sequence length {int(pos.max()) + 1} exceeds max_len {self.max_len}")
                 x = x + self.pos_embed(pos)
             else:
-                x = x + sinusoidal_positions(pos, self.d_model).to(x.dtype)
+                pe = sinusoidal_positions(pos.flatten(), self.d_model).view(*pos.shape, self.d_model)
+                x = x + pe.to(x.dtype)
         return self.drop(x)
 
-    def logits(self, idx: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L, V)
-        x = self._embed(idx)
+    def logits(self, idx: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:  # (B, L) -> (B, L, V)
+        x = self._embed(idx, start)
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm_f(x))
 
     def forward(self, batch: dict) -> torch.Tensor:
-        logits = self.logits(batch["idx"])  # (B, L, V)
+        logits = self.logits(batch["idx"], batch.get("start", 0))  # (B, L, V)
         return F.cross_entropy(
             logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=IGNORE_INDEX
         )

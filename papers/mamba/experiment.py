@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from omegaconf import OmegaConf
+
 from common.config import BaseConfig, TrainConfig, train_config
 from common.data.corpus import LanguageModelingTask
-from common.data.synthetic import InductionHeads, SelectiveCopying
+from common.data.synthetic import CurriculumStage, InductionHeads, SelectiveCopying
 from common.errors import PaperzooError
 from common.experiment import Run
 from common.models.attention import CausalSelfAttention
@@ -44,16 +46,6 @@ class SelectiveCopyingConfig:
 
 
 @dataclass
-class Stage:
-    """One stage of an induction-heads curriculum."""
-
-    length: int
-    steps: int
-    batch_size: int = 0  # 0: as many tokens per batch as train.batch_size sequences of train_len
-    first: float = 1.0  # the first trigger lies in this leading fraction of the sequence
-
-
-@dataclass
 class InductionHeadsConfig:
     train_len: int = 256
     vocab: int = 16
@@ -62,8 +54,8 @@ class InductionHeadsConfig:
     mamba_d_model: int = 64
     # Length curricula (common.data.synthetic.InductionHeads): a run with stages trains their steps in order
     # (the sum replaces train.max_steps); none: train.max_steps at train_len
-    mamba_stages: list[Stage] = field(default_factory=list)
-    mha_abs_stages: list[Stage] = field(default_factory=list)
+    mamba_stages: list[CurriculumStage] = field(default_factory=list)
+    mha_abs_stages: list[CurriculumStage] = field(default_factory=list)
     attention_d_model: int = 128
     n_layers: int = 2
     n_heads: int = 8
@@ -130,14 +122,13 @@ def induction_heads_runs(c: InductionHeadsConfig) -> list[Run]:
             build = lambda: attention_lm(c.vocab, c.attention_d_model, c.n_layers, c.n_heads)  # noqa: E731
         else:
             raise ValueError(f"unknown induction_heads variant '{name}'; choose mamba or mha_abs")
-        stages = [(s.length, s.steps, s.batch_size, s.first) for s in c[f"{name}_stages"]]
+        stages = [OmegaConf.to_object(s) for s in c[f"{name}_stages"]]
         train = train_config(c.train)
-        params = {"stages": " ".join(f"{steps}x{length}" for length, steps, _, _ in stages)} if stages else {}
+        label = " ".join(f"{s.steps}x{s.length}{'+shift' if s.shift else ''}" for s in stages)
+        params = {"stages": label} if stages else {}
         if stages:
-            train = replace(train, max_steps=sum(s[1] for s in stages))
-            stages = [
-                (length, steps * train.grad_accum, batch, first) for length, steps, batch, first in stages
-            ]
+            train = replace(train, max_steps=sum(s.steps for s in stages))
+            stages = [replace(s, steps=s.steps * train.grad_accum) for s in stages]
         task = InductionHeads(
             c.train_len, c.vocab, tuple(lengths), c.test_size, c.max_eval_tokens, stages=tuple(stages)
         )

@@ -3,6 +3,7 @@
 import pytest
 
 from common.config import load_config
+from common.data.synthetic import CurriculumStage
 from common.experiment import load_paper
 from common.testing import assert_one_line_error, run_cli
 from common.tracking import client
@@ -49,10 +50,15 @@ def test_curricula_set_the_step_count():
     runs = {r.key: r for r in paper.plan(load_config(paper.schema, paper.path / "configs", ["scale=cpu"]))}
     assert runs["induction_heads/mamba"].train.max_steps == 1100
     assert runs["induction_heads/mha_abs"].train.max_steps == 2500 + 500 + 500 + 1200
-    assert runs["induction_heads/mha_abs"].params["stages"] == "2500x8 500x16 500x32 1200x64"
-    assert runs["induction_heads/mha_abs"].data.stages[0] == (8, 2500, 256, 1.0)
+    assert (
+        runs["induction_heads/mha_abs"].params["stages"] == "2500x8+shift 500x16+shift 500x32+shift 1200x64"
+    )
+    assert runs["induction_heads/mha_abs"].data.stages[0] == CurriculumStage(8, 2500, 256, shift=True)
     assert runs["induction_heads/mamba"].params["stages"] == "800x64 300x1024"
-    assert runs["induction_heads/mamba"].data.stages == ((64, 800, 0, 1.0), (1024, 300, 0, 0.1))
+    assert runs["induction_heads/mamba"].data.stages == (
+        CurriculumStage(64, 800),
+        CurriculumStage(1024, 300, first=0.1),
+    )
     assert (
         runs["induction_heads/mamba"].data.eval_seed == 1234
     )  # the test set is the same with or without stages
