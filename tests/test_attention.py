@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from common.models.attention import CausalSelfAttention, MultiHeadAttention, attention, attention_ref
+from common.models.lm import CausalLM, GeluMLP
 
 
 def _qkv(b, h, lq, lk, dh, dtype, seed=0):
@@ -123,8 +124,6 @@ def test_attention_dropout_only_in_training():
 
 @pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
 def test_language_model_places_each_sequence_at_its_start(positions):
-    from common.models.lm import CausalLM, GeluMLP
-
     torch.manual_seed(0)
     model = CausalLM(11, 32, 2, lambda i: CausalSelfAttention(32, 4), lambda i: GeluMLP(32),
                      norm="layer", positions=positions, max_len=24).eval()  # fmt: skip

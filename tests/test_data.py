@@ -36,7 +36,10 @@ def test_induction_heads_examples_and_the_curriculum():
     near, _ = _induction_facts(*induction_heads(generator(0, "train", 0), 256, 40, first_before=5))
     assert near.max() < 5
 
-    task = InductionHeads(train_len=32, stages=((32, 10, 0, 1.0), (256, 5, 0, 0.25), (8, 3, 4, 1.0)))
+    task = InductionHeads(
+        train_len=32,
+        stages=(CurriculumStage(32, 10), CurriculumStage(256, 5, first=0.25), CurriculumStage(8, 3, 4)),
+    )
     short, long, tiny = (task.batch("train", i, 16, 0) for i in (9, 10, 15))
     assert short["idx"].shape == (16, 32) and long["idx"].shape == (2, 256)  # same tokens per batch
     first, consistent = _induction_facts(long["idx"], long["targets"])
@@ -49,7 +52,9 @@ def test_induction_heads_examples_and_the_curriculum():
 
 
 def test_shifted_curriculum_stage_places_sequences_within_the_training_length():
-    task = InductionHeads(train_len=32, stages=(CurriculumStage(8, 5, 64, shift=True), (32, 5, 0, 1.0, True)))
+    task = InductionHeads(
+        train_len=32, stages=(CurriculumStage(8, 5, 64, shift=True), CurriculumStage(32, 5, shift=True))
+    )
     short, full = task.batch("train", 0, 16, 0), task.batch("train", 5, 16, 0)
     assert short["idx"].shape == (64, 8) and short["start"].shape == (64,)
     assert short["start"].min() == 0 and short["start"].max() == 32 - 8  # every start, none past the end

@@ -138,15 +138,15 @@ class InductionHeads:
     the training length and at 4x it) so that claims read the same metric at every preset. Training
     draws fresh random data every step.
 
-    Optional curriculum: ``stages``, a sequence of CurriculumStage (or tuples of its fields); training
-    batches walk through them in order (``steps`` batches each; the last stage continues to the end)."""
+    Optional curriculum: ``stages``, a sequence of CurriculumStage; training batches walk through them
+    in order (``steps`` batches each; the last stage continues to the end)."""
 
     def __init__(self, train_len: int = 256, vocab: int = 16, test_lengths: tuple[int, ...] = (64, 256, 1024),
                  test_size: int = 256, max_eval_tokens: int = 2**17, eval_seed: int = 1234,
-                 stages: tuple[tuple, ...] = ()):  # fmt: skip
+                 stages: tuple[CurriculumStage, ...] = ()):  # fmt: skip
         self.train_len, self.vocab, self.test_lengths = train_len, vocab, tuple(test_lengths)
         self.test_size, self.max_eval_tokens, self.eval_seed = test_size, max_eval_tokens, eval_seed
-        self.stages = tuple(s if isinstance(s, CurriculumStage) else CurriculumStage(*s) for s in stages)
+        self.stages = tuple(stages)
 
     def stage(self, index: int) -> CurriculumStage:
         """The curriculum stage of training batch ``index``."""
