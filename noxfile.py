@@ -39,13 +39,9 @@ def shared_env(session: nox.Session) -> None:
     stamp.write_text(want)
 
 
-def papers() -> list[str]:
-    return sorted(p.parent.name for p in (ROOT / "papers").glob("*/paper.yaml"))
-
-
-def session_name(slug: str) -> str:
-    return slug.lstrip("_").replace("_", "-")
-
+sys.path.insert(0, str(ROOT))
+from common.paths import discover_papers as papers  # noqa: E402  (torch-free)
+from common.paths import session_name  # noqa: E402
 
 # glibc returns large freed blocks to the OS and page-faults them back on the next step: with the
 # big scan intermediates of the SSM papers that is a third of CPU time. Keep them in the heap.

@@ -25,7 +25,8 @@ from torch import nn
 
 from common.config import TrainConfig
 from common.errors import PaperzooError
-from common.paths import PAPERS_DIR
+from common.paths import PAPERS_DIR, discover_papers, session_name
+from common.runs import RunRef
 from common.train import Task
 
 
@@ -39,10 +40,31 @@ class Run:
     data: Task
     train: TrainConfig
     params: dict[str, Any] = field(default_factory=dict)  # extra MLflow params for this run
+    section: str = ""  # the config section this run is resolved from (its MLflow params); "" = whole config
+    init_from: RunRef | None = None  # start from that finished run's final weights
 
     @property
     def key(self) -> str:
         return f"{self.task}/{self.variant}"
+
+
+class LazyTask:
+    """A Task built on first use, so that planning reads no data: only runs that train build theirs."""
+
+    def __init__(self, factory: Callable[[], Any]):
+        self._factory, self._task = factory, None
+
+    @property
+    def task(self):
+        if self._task is None:
+            self._task = self._factory()
+        return self._task
+
+    def batch(self, split, index, batch_size, seed):
+        return self.task.batch(split, index, batch_size, seed)
+
+    def evaluate(self, model, device):
+        return self.task.evaluate(model, device)
 
 
 @dataclass
@@ -66,15 +88,6 @@ class Paper:
     @property
     def schema(self) -> type:
         return self.module.Config
-
-
-def session_name(slug: str) -> str:
-    return slug.lstrip("_").replace("_", "-")
-
-
-def discover_papers() -> list[str]:
-    """Slugs of every folder under papers/ that has a paper.yaml."""
-    return sorted(p.parent.name for p in PAPERS_DIR.glob("*/paper.yaml"))
 
 
 def resolve_slug(name: str) -> str:

@@ -41,3 +41,13 @@ def runs_dir() -> Path:
 
 def reports_dir() -> Path:
     return _env_path("PAPERZOO_REPORTS", REPO_ROOT / "reports")
+
+
+def session_name(slug: str) -> str:
+    """The nox session suffix of a paper: ``my_idea`` -> ``my-idea``, ``_template`` -> ``template``."""
+    return slug.lstrip("_").replace("_", "-")
+
+
+def discover_papers() -> list[str]:
+    """Slugs of every folder under papers/ that has a paper.yaml (torch-free: the noxfile uses it)."""
+    return sorted(p.parent.name for p in PAPERS_DIR.glob("*/paper.yaml"))

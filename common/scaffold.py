@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 from common.errors import PaperzooError
-from common.experiment import session_name
-from common.paths import PAPERS_DIR
+from common.paths import PAPERS_DIR, session_name
 
 TEMPLATE = "_template"
 TEMPLATE_TITLE = "Template Paper"

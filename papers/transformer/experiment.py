@@ -21,7 +21,7 @@ from typing import Any
 from common.config import BaseConfig, TrainConfig, train_config
 from common.data.corpus import LanguageModelingTask
 from common.errors import PaperzooError
-from common.experiment import Run
+from common.experiment import LazyTask, Run
 from common.models.gpt import GPTConfig, build_gpt
 
 from .model import Transformer, TransformerConfig
@@ -103,25 +103,6 @@ class Config(BaseConfig):
     wmt14: WMT14Config = field(default_factory=WMT14Config)
 
 
-class Lazy:
-    """A Task built on first use (data is read only for runs that train)."""
-
-    def __init__(self, factory: Callable[[], Any]):
-        self._factory, self._task = factory, None
-
-    @property
-    def task(self):
-        if self._task is None:
-            self._task = self._factory()
-        return self._task
-
-    def batch(self, split, index, batch_size, seed):
-        return self.task.batch(split, index, batch_size, seed)
-
-    def evaluate(self, model, device):
-        return self.task.evaluate(model, device)
-
-
 def _transformer(vocab: Callable[[], int], m: ModelConfig, **changes) -> Callable[[], Transformer]:
     def build() -> Transformer:
         fields_ = dict(d_model=m.d_model, n_heads=m.n_heads, d_ff=m.d_ff, n_layers=m.n_layers,
@@ -159,7 +140,7 @@ def plan(cfg: Config) -> list[Run]:
                     train_config(c.train), _model_params(c.model)))  # fmt: skip
 
     t = cfg.multi30k
-    multi30k = Lazy(lambda: Multi30kTask(t.vocab_size, t.beam_size, t.alpha, t.eval_batch_size,
+    multi30k = LazyTask(lambda: Multi30kTask(t.vocab_size, t.beam_size, t.alpha, t.eval_batch_size,
                                          t.bleu_sentences, bucket=t.bucket))  # fmt: skip
     for variant in t.variants:
         change = multi30k_variant(variant)
@@ -167,7 +148,7 @@ def plan(cfg: Config) -> list[Run]:
                         multi30k, train_config(t.train), _model_params(t.model, **change)))  # fmt: skip
 
     g = cfg.shakespeare_char
-    shakespeare = Lazy(lambda: LanguageModelingTask("tinyshakespeare", "char", block_size=g.block_size,
+    shakespeare = LazyTask(lambda: LanguageModelingTask("tinyshakespeare", "char", block_size=g.block_size,
                                                     eval_batches=g.eval_batches,
                                                     eval_batch_size=g.eval_batch_size))  # fmt: skip
 
@@ -182,7 +163,7 @@ def plan(cfg: Config) -> list[Run]:
 
     w = cfg.wmt14
     if w.enabled:
-        wmt = Lazy(lambda: WMT14Task(w.source, w.target, w.vocab_size, w.beam_size, w.alpha,
+        wmt = LazyTask(lambda: WMT14Task(w.source, w.target, w.vocab_size, w.beam_size, w.alpha,
                                      w.eval_batch_size, w.bleu_sentences, bucket=w.bucket,
                                      max_train_pairs=w.max_train_pairs, max_tokens=w.max_tokens))  # fmt: skip
         runs.append(Run(f"wmt14_{w.source}_{w.target}", w.variant, _transformer(lambda: wmt.task.vocab_size, w.model),
