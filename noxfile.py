@@ -98,28 +98,22 @@ def reproduce(session: nox.Session) -> None:
 
 @nox.session(name="reproduce-all")
 def reproduce_all(session: nox.Session) -> None:
-    """Reproduce every paper (not the template), one after the other."""
-    for slug in papers():
-        if not slug.startswith("_"):
-            run_py(session, "-m", "common.reproduce", slug, *session.posargs)
+    """Reproduce every paper (not the template), each after the papers its runs start from (init_from)."""
+    run_py(session, "-m", "common.reproduce", "--all", *session.posargs)
 
 
 @nox.session
 def report(session: nox.Session) -> None:
-    """Rebuild every reports/<paper>/ and reports/README.md from the runs in MLflow."""
-    run_py(session, "-m", "common.report")
+    """Rebuild reports/<paper>/ and reports/README.md from MLflow: `nox -s report -- [paper] [--reproduction ID]`."""
+    run_py(session, "-m", "common.report", *session.posargs)
 
 
 @nox.session(name="mlflow-ui")
 def mlflow_ui(session: nox.Session) -> None:
-    """MLflow UI on http://127.0.0.1:5000 over the lab's store (one worker, job execution off)."""
+    """MLflow UI on http://127.0.0.1:5000 over the lab's store; stopping nox stops the server too."""
     shared_env(session)
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
-    args = ["--backend-store-uri", uri, "--host", "127.0.0.1", "--port", "5000", "--workers", "1"]
-    if uri.startswith("sqlite:///"):
-        args += ["--default-artifact-root", (ROOT / "mlartifacts").as_uri()]
-    session.run(str(ENV / "bin" / "mlflow"), "server", *args, *session.posargs, external=True,
-                env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # fmt: skip
+    # nox becomes the launcher (same pid), which stops the server's whole process group on a signal.
+    os.execve(PY, [PY, "-m", "common.mlflow_ui", *session.posargs], {**os.environ, **MALLOC_ENV})
 
 
 @nox.session(name="new-paper")
@@ -130,9 +124,23 @@ def new_paper(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Speed benchmarks of every paper that has bench.py; results in reports/<paper>/bench.md."""
+    """Speed benchmarks: the shared loop's overhead (reports/lab/bench.md), then every paper that has
+    bench.py (reports/<paper>/bench.md; extra args go to those)."""
+    run_py(session, "-m", "common.bench_loop", "--out", str(ROOT / "reports" / "lab"))
     for slug in papers():
         if (ROOT / "papers" / slug / "bench.py").exists():
             run_py(
                 session, "-m", f"papers.{slug}.bench", "--out", str(ROOT / "reports" / slug), *session.posargs
             )
+
+
+@nox.session
+def golden(session: nox.Session) -> None:
+    """Regenerate tests/golden/<paper>.json, the smoke presets' loss per step: `nox -s golden -- [paper ...]`."""
+    run_py(session, "-m", "common.golden", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+
+
+@nox.session(name="gpu-check")
+def gpu_check(session: nox.Session) -> None:
+    """On a CUDA machine: GPU tests, each paper's gpu preset briefly, GPT tokens/s and MFU -> reports/gpu-check.md."""
+    run_py(session, "-m", "common.gpu_check", *session.posargs)

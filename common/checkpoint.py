@@ -4,6 +4,10 @@ A checkpoint holds everything needed to continue a run exactly: model, optimizer
 RNG states, the step (which is also the data position: batches are a pure function of
 (seed, step)), the MLflow run id and whether the run finished. Loading uses
 ``torch.load(weights_only=True)``; a corrupt file is reported in one line and left untouched.
+
+A run that starts from another run's weights and freezes part of them (LoRA, BitFit: ``base`` set,
+some parameters ``requires_grad=False``) checkpoints only its trainable parameters plus a reference to
+its base (``"base"``: the RunRef as a dict); the model is rebuilt from the base, then those tensors.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from common.errors import PaperzooError
 
@@ -68,6 +73,29 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             "move it away or run with resume=false"
         )
     return state
+
+
+def has_frozen_parameters(model: nn.Module) -> bool:
+    return any(not p.requires_grad for p in model.parameters())
+
+
+def model_weights(model: nn.Module, trainable_only: bool) -> dict[str, torch.Tensor]:
+    """The whole state dict, or only the parameters with ``requires_grad`` (a run on a frozen base)."""
+    if trainable_only:
+        return {name: p for name, p in model.named_parameters() if p.requires_grad}
+    return model.state_dict()
+
+
+def restore_weights(model: nn.Module, weights: dict[str, torch.Tensor], trainable_only: bool) -> None:
+    """Load every tensor of ``model`` from ``weights`` or, ``trainable_only``, the tensors saved on top of
+    its base (a subset of its names); ValueError with a one-line reason on any mismatch of names or shapes."""
+    unknown = sorted(set(weights) - set(model.state_dict()))
+    if unknown and trainable_only:
+        raise ValueError(f"unexpected tensors {', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}")
+    try:
+        model.load_state_dict(weights, strict=not trainable_only)
+    except RuntimeError as err:
+        raise ValueError(" ".join(str(err).split())[:200]) from None  # torch's message spans lines
 
 
 def average_checkpoints(checkpoints: Sequence[dict | str | Path], key: str | None = None) -> dict:

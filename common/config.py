@@ -75,6 +75,7 @@ class BaseConfig:
     resume: bool = False  # continue each run from its last checkpoint and its MLflow run
     only: list[str] = field(default_factory=list)  # run only these "<task>" or "<task>/<variant>"
     progress: bool = True  # progress bars
+    strict: bool = False  # exit 1 when a claim is not reproduced (the report is written anyway)
 
 
 def default_scale() -> str:
@@ -96,7 +97,8 @@ def _split_overrides(overrides: list[str]) -> tuple[str | None, list[str]]:
     return scale, rest
 
 
-def _explain(err: OmegaConfBaseException, node: Any, where: str) -> str:
+def _explain(err: OmegaConfBaseException, node: Any, where: str, given: tuple[str, ...] = ()) -> str:
+    """One line for an OmegaConf error; ``given``: the dotted keys of the layer (for a suggestion)."""
     key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
     message = str(err).splitlines()[0].strip()
     if isinstance(err, ConfigKeyError):
@@ -106,10 +108,29 @@ def _explain(err: OmegaConfBaseException, node: Any, where: str) -> str:
             valid = ", ".join(sorted(str(k) for k in options))
         except Exception:
             valid = "?"
-        return f"unknown config key '{key}' ({where}); valid keys here: {valid}"
+        typed = [k for k in given if k == key or k.startswith(key + ".")] or [key]
+        hint = _did_you_mean(node, typed[0])
+        return f"unknown config key '{key}' ({where}); {hint or 'valid keys here: ' + valid}"
     if isinstance(err, ValidationError):
         return f"bad value for config key '{key}' ({where}): {message}"
     return f"config error at '{key}' ({where}): {message}"
+
+
+def _did_you_mean(node: Any, key: str) -> str:
+    """'did you mean selective_copying.train.max_steps, ...?' when ``key`` exists under some section."""
+    found: list[str] = []
+
+    def walk(tree: Any, prefix: str) -> None:
+        if not isinstance(tree, DictConfig):
+            return
+        for name in tree:
+            path = f"{prefix}{name}"
+            if path.endswith("." + key) and OmegaConf.select(node, path, default=None) is not None:
+                found.append(path)
+            walk(tree._get_node(name), path + ".")
+
+    walk(node, "")
+    return f"did you mean {', '.join(found)}?" if found else ""
 
 
 def load_config(schema: type, config_dir: Path, overrides: list[str] | None = None) -> DictConfig:
@@ -117,7 +138,7 @@ def load_config(schema: type, config_dir: Path, overrides: list[str] | None = No
     scale, rest = _split_overrides(list(overrides or []))
     scale = scale or default_scale()
     if scale not in SCALES:
-        raise PaperzooError(f"unknown preset 'scale={scale}'; choose one of {', '.join(SCALES)}")
+        raise PaperzooError(f"unknown preset '{scale}' (scale={scale}); choose one of {', '.join(SCALES)}")
     cfg = OmegaConf.structured(schema)
     layers: list[tuple[str, Any]] = []
     for name in ("base.yaml", f"{scale}.yaml"):
@@ -135,7 +156,8 @@ def load_config(schema: type, config_dir: Path, overrides: list[str] | None = No
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as err:
-            raise PaperzooError(_explain(err, cfg, where)) from None
+            given = tuple(item.split("=", 1)[0].strip() for item in rest) if layer is layers[-1][1] else ()
+            raise PaperzooError(_explain(err, cfg, where, given)) from None
     cfg.scale = scale
     OmegaConf.set_readonly(cfg, True)
     return cfg

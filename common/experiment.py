@@ -1,33 +1,107 @@
-"""How a paper plugs into the lab.
+"""How a paper plugs into the lab: the one contract, checked before any training.
 
 ``papers/<slug>/`` is a package holding
 
-    paper.yaml       title, authors, year, arXiv id and the claims (see common.report)
+    paper.yaml       title, authors, year, arXiv id and the claims (``Claim`` below)
     configs/         base.yaml + smoke.yaml / cpu.yaml / gpu.yaml
     experiment.py    ``Config`` (a dataclass schema subclassing common.config.BaseConfig) and
                      ``plan(cfg) -> list[Run]``: every (task, variant) to train, with its model
-                     factory, task and TrainConfig
+                     factory, task and TrainConfig (``PaperModule``)
 
-Papers are discovered from the folders (never a hand-kept list); the nox session of
-``papers/my_idea`` is ``reproduce-my-idea`` (``papers/_template`` -> ``reproduce-template``).
+Each claim in ``paper.yaml``::
+
+    - id: selcopy-s6
+      statement: S6 inside the Mamba block solves selective copying
+      source: Table 1                     # where in the paper
+      paper: 0.998                        # the paper's value(s): a number, a {label: number} map or text
+      format: percent                     # percent | float
+      measure:
+        task: selective_copying           # which of our runs measures it ...
+        variant: s6
+        metric: test/acc                  # ... with which metric; a glob ("acc/L*") is reduced
+        reduce: min                       # min | max | mean (over the metrics the glob matches)
+        relative_to: lti                  # optional: ours = value(variant) - value(relative_to)
+      criteria: {smoke: null, cpu: ">= 0.95", gpu: ">= 0.99"}   # on the mean over seeds
+      requires: other-claim-id            # optional: only meaningful if that claim is reproduced
+      opt_in: "needs wmt14.enabled=true"  # optional: no preset plans its run by default, and why
+
+``load_paper`` parses the claims once (an unknown or missing key, a bad criterion, a ``requires``
+naming no claim: one line naming the file, the claim and the key); ``validate`` checks them
+against the plan and the presets, in seconds, before any training. Papers are discovered from the
+folders (never a hand-kept list); the nox session of ``papers/my_idea`` is ``reproduce-my-idea``
+(``papers/_template`` -> ``reproduce-template``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import operator
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
-from torch import nn
+from omegaconf import DictConfig, OmegaConf
 
-from common.config import TrainConfig
+from common.config import SCALES, BaseConfig, TrainConfig
 from common.errors import PaperzooError
-from common.paths import PAPERS_DIR, discover_papers, session_name
-from common.runs import RunRef
-from common.train import Task
+from common.paths import PAPERS_DIR, REPO_ROOT, discover_papers, session_name
+
+if (
+    TYPE_CHECKING
+):  # torch is imported by the papers, not here: paper.yaml is checked in a fraction of a second
+    import torch
+    from torch import nn
+
+    from common.runs import RunRef
+    from common.train import Task
+
+__all__ = ["Claim", "Criterion", "LazyTask", "Measure", "Mixer", "Model", "Paper", "PaperModule", "Run", "Task",
+           "load_paper", "validate"]  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """``Task`` (``batch(split, index, batch_size, seed)``, ``evaluate(model, device)``) is defined in
+    common.train, which runs it; it is part of this contract and re-exported from here."""
+    if name == "Task":
+        from common.train import Task
+
+        return Task
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ---- the code contract -----------------------------------------------------------------------
+class Model(Protocol):
+    """A paper's nn.Module as the train loop calls it: ``model(batch) -> loss`` or ``(loss, {name: scalar})``."""
+
+    def __call__(
+        self, batch: dict[str, torch.Tensor]
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]: ...
+
+
+class Mixer(Protocol):
+    """A sequence mixer of the LM shell (common.models.lm): attention, an SSM, ...
+
+    ``forward``: (B, L, D) -> (B, L, D), causal. ``init_state`` / ``step``: the same map one position
+    at a time, x of shape (B, D), for generation.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Any: ...
+
+    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]: ...
+
+
+class PaperModule(Protocol):
+    """``papers/<slug>/experiment.py``: the config schema and the plan."""
+
+    Config: type  # a dataclass subclassing common.config.BaseConfig
+
+    def plan(self, cfg: Any) -> list[Run]: ...
 
 
 @dataclass
@@ -66,13 +140,137 @@ class LazyTask:
     def evaluate(self, model, device):
         return self.task.evaluate(model, device)
 
+    def target_tokens(self, batch):
+        from common.train import target_tokens
 
+        return getattr(self.task, "target_tokens", target_tokens)(batch)
+
+
+# ---- the claims (paper.yaml) ------------------------------------------------------------------
+OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+REDUCERS = ("min", "max", "mean")
+FORMATS = ("percent", "float")
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A pass criterion such as ``>= 0.95``, applied to our mean over seeds."""
+
+    text: str
+    op: str
+    threshold: float
+
+    @classmethod
+    def parse(cls, text: Any) -> Criterion:
+        match = re.fullmatch(r"\s*(>=|<=|>|<)\s*(-?[0-9.eE+-]+)\s*", str(text))
+        try:
+            return cls(str(text).strip(), match.group(1), float(match.group(2)))
+        except (AttributeError, ValueError):
+            raise PaperzooError(f"bad criterion '{text}'; write e.g. '>= 0.95'") from None
+
+    def holds(self, value: float) -> bool:
+        return OPS[self.op](value, self.threshold)
+
+
+@dataclass(frozen=True)
+class Measure:
+    task: str
+    variant: str
+    metric: str  # a metric name or a glob ("acc/L*"), reduced with ``reduce``
+    reduce: str = "mean"
+    relative_to: str | None = None  # ours = value(variant) - value(relative_to), seed by seed
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return (self.variant, self.relative_to) if self.relative_to else (self.variant,)
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    statement: str
+    measure: Measure
+    source: str = ""
+    paper: Any = None
+    format: str = "float"
+    criteria: dict[str, Criterion | None] = field(default_factory=dict)
+    requires: str | None = None
+    opt_in: str | None = None  # why no preset plans its run by default (validate then allows that)
+
+    def criterion(self, preset: str) -> Criterion | None:
+        return self.criteria.get(preset)
+
+    def measures(self, task: str, variant: str) -> bool:
+        return task == self.measure.task and variant in self.measure.variants
+
+
+def _fields(cls: type, raw: Any, where: str) -> dict[str, Any]:
+    """``raw`` checked against the dataclass ``cls``: a mapping, no unknown key, every required key."""
+    if not isinstance(raw, dict):
+        raise PaperzooError(
+            f"{where}: expected a mapping with keys {', '.join(f.name for f in dataclasses.fields(cls))}"
+        )
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise PaperzooError(f"{where}: unknown key '{key}'; valid keys: {', '.join(names)}")
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and raw.get(f.name) in (None, ""):
+            raise PaperzooError(f"{where}: missing key '{f.name}'")
+    return dict(raw)
+
+
+def _choice(value: Any, choices: tuple[str, ...], where: str, key: str) -> str:
+    if value not in choices:
+        raise PaperzooError(f"{where}: bad {key} '{value}'; choose {', '.join(choices)}")
+    return value
+
+
+def parse_claims(raw: Any, file: str) -> list[Claim]:
+    """The claims of a paper.yaml (``file`` names it in every error)."""
+    if not isinstance(raw, list):
+        raise PaperzooError(f"{file}: 'claims' must be a list of claims")
+    claims: list[Claim] = []
+    for i, item in enumerate(raw):
+        label = item.get("id") if isinstance(item, dict) and item.get("id") else f"#{i + 1}"
+        where = f"{file}, claim '{label}'"
+        fields_ = _fields(Claim, item, where)
+        measure = Measure(**_fields(Measure, fields_["measure"], f"{where}, measure"))
+        _choice(measure.reduce, REDUCERS, where, "measure.reduce")
+        _choice(fields_.get("format", "float"), FORMATS, where, "format")
+        criteria = fields_.get("criteria") or {}
+        if not isinstance(criteria, dict):
+            raise PaperzooError(
+                f"{where}: 'criteria' must map presets to criteria, e.g. {{cpu: \">= 0.95\"}}"
+            )
+        parsed: dict[str, Criterion | None] = {}
+        for preset, text in criteria.items():
+            _choice(preset, SCALES, where, "criteria preset")
+            try:
+                parsed[preset] = None if text is None else Criterion.parse(text)
+            except PaperzooError as err:
+                raise PaperzooError(f"{where}, criteria.{preset}: {err}") from None
+        if label in {c.id for c in claims}:
+            raise PaperzooError(f"{where}: the id is used by an earlier claim")
+        claims.append(Claim(**{**fields_, "measure": measure, "criteria": parsed}))
+    ids = {c.id for c in claims}
+    for claim in claims:
+        if claim.requires and claim.requires not in ids:
+            raise PaperzooError(
+                f"{file}, claim '{claim.id}': requires '{claim.requires}', which is no claim's id"
+            )
+    return claims
+
+
+# ---- a paper -----------------------------------------------------------------------------------
 @dataclass
 class Paper:
     slug: str
     path: Path
     meta: dict[str, Any]
-    module: Any
+    module: Any  # a PaperModule
+    claims: list[Claim] = field(default_factory=list)
 
     @property
     def session(self) -> str:
@@ -99,6 +297,14 @@ def resolve_slug(name: str) -> str:
     raise PaperzooError(f"unknown paper '{name}'; known papers: {', '.join(session_name(s) for s in papers)}")
 
 
+def shown_path(path: Path) -> str:
+    """``papers/mamba/paper.yaml`` for a file of the lab, the full path otherwise."""
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def read_meta(slug: str) -> dict[str, Any]:
     path = PAPERS_DIR / slug / "paper.yaml"
     try:
@@ -111,6 +317,55 @@ def read_meta(slug: str) -> dict[str, Any]:
 
 
 def load_paper(name: str) -> Paper:
+    """The paper named ``name`` with its claims parsed and its module checked against PaperModule."""
     slug = resolve_slug(name)
+    meta = read_meta(slug)
+    claims = parse_claims(meta.get("claims", []), shown_path(PAPERS_DIR / slug / "paper.yaml"))
+    source = shown_path(PAPERS_DIR / slug / "experiment.py")
+    if not (PAPERS_DIR / slug / "experiment.py").exists():
+        raise PaperzooError(f"{source} is missing: a paper defines Config and plan(cfg) there")
     module = importlib.import_module(f"papers.{slug}.experiment")
-    return Paper(slug=slug, path=PAPERS_DIR / slug, meta=read_meta(slug), module=module)
+    schema = getattr(module, "Config", None)
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema) and issubclass(schema, BaseConfig)):
+        raise PaperzooError(f"{source} must define Config, a dataclass subclassing common.config.BaseConfig")
+    if not callable(getattr(module, "plan", None)):
+        raise PaperzooError(f"{source} must define plan(cfg) -> list[Run]")
+    return Paper(slug=slug, path=PAPERS_DIR / slug, meta=meta, module=module, claims=claims)
+
+
+def validate(paper: Paper, cfg: Any, runs: list[Run]) -> None:
+    """What can be checked in seconds before any training; the first problem, in one line.
+
+    The presets exist; the plan's runs are unique and their config sections exist; every claim's
+    (task, variant) and ``relative_to`` are runs of the plan, unless the claim is ``opt_in``.
+    """
+    for scale in SCALES:
+        preset = paper.path / "configs" / f"{scale}.yaml"
+        if not preset.exists():
+            raise PaperzooError(
+                f"{shown_path(preset)} is missing: every paper has the presets {', '.join(SCALES)}"
+            )
+    source = shown_path(paper.path / "experiment.py")
+    keys: set[str] = set()
+    for run in runs:
+        if run.key in keys:
+            raise PaperzooError(f"{source}: plan() returns the run '{run.key}' twice")
+        keys.add(run.key)
+        if run.section and not isinstance(OmegaConf.select(cfg, run.section), DictConfig):
+            raise PaperzooError(
+                f"{source}: run '{run.key}' has section '{run.section}', which is no config section"
+            )
+    file = shown_path(paper.path / "paper.yaml")
+    for claim in paper.claims:
+        if claim.opt_in:
+            continue
+        m = claim.measure
+        for key, variant in (("variant", m.variant), ("relative_to", m.relative_to)):
+            if variant and f"{m.task}/{variant}" not in keys:
+                wrong = (
+                    "measure.task" if not any(k.startswith(m.task + "/") for k in keys) else f"measure.{key}"
+                )
+                raise PaperzooError(
+                    f"{file}, claim '{claim.id}': {wrong}: '{m.task}/{variant}' is not a run of the plan at preset "
+                    f"'{cfg.scale}' (runs: {', '.join(sorted(keys))}); fix it, or mark the claim opt_in: \"<why>\""
+                )

@@ -3,8 +3,17 @@
 What ``nox -s reproduce-<paper>`` calls. For each (task, variant, seed) of the paper's plan: one
 MLflow run, one checkpoint folder ``runs/<paper>/<preset>/<task>-<variant>-s<seed>/``. With
 ``resume=true`` finished runs are skipped and an interrupted one continues from its checkpoint in
-the same MLflow run. Ends by writing ``reports/<paper>/``. Under ``torchrun`` every rank trains;
-only rank 0 talks to MLflow and writes the report.
+the same MLflow run. Before any training, ``common.experiment.validate`` checks the claims against
+the plan; ``only=[...]`` then keeps some runs, and no other run's data is built.
+
+Every run is tagged with its ``reproduction`` (one id per invocation; ``resume=true`` keeps the id
+of the runs it continues) and ``reproduction_size`` (how many runs it planned): the report reads
+the latest complete reproduction. A run's MLflow params are the top-level fields of BaseConfig and
+its own config section (``Run.section``; the whole config when it has none).
+
+Ends by writing ``reports/<paper>/`` and printing the claims table; exit 0 once the runs finished,
+whatever the verdicts; with ``strict=true``, exit 1 when a claim is not reproduced. Under
+``torchrun`` every rank trains; only rank 0 talks to MLflow and writes the report.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import signal
 import sys
 import time
 import uuid
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -20,27 +30,63 @@ from omegaconf import OmegaConf
 
 from common import report
 from common.checkpoint import load_checkpoint
-from common.config import flatten, load_config, to_plain
+from common.config import BaseConfig, flatten, load_config, to_plain
 from common.errors import PaperzooError, TrainingDiverged
-from common.experiment import Paper, Run, load_paper
-from common.paths import runs_dir
+from common.experiment import Paper, Run, load_paper, validate
+from common.paths import discover_papers
+from common.runs import (
+    RunRef,
+    count_parameters,
+    load_run_weights,
+    reproduction_order,
+    require_finished,
+    run_dir,
+    save_final,
+)
 from common.tracking import Tracker, git_info, system_info, tracking_uri
 from common.train import distributed_context, train
 
 
 def claim_ids(paper: Paper, run: Run) -> list[str]:
-    ids = []
-    for claim in paper.meta.get("claims", []):
-        measure = claim.get("measure", {})
-        variants = {measure.get("variant"), measure.get("relative_to")}
-        if measure.get("task") == run.task and run.variant in variants:
-            ids.append(claim["id"])
-    return ids
+    return [claim.id for claim in paper.claims if claim.measures(run.task, run.variant)]
 
 
-def run_one(paper: Paper, cfg, run: Run, seed: int, tracker: Tracker | None, reproduction: str) -> dict:
+def checkpoint_path(paper: Paper, cfg, run: Run, seed: int) -> Path:
+    return run_dir(RunRef(paper.slug, cfg.scale, run.task, run.variant, seed)) / "last.pt"
+
+
+def config_params(cfg, run: Run) -> dict:
+    """The run's MLflow params from the config: BaseConfig's fields and the run's own section."""
+    plain = to_plain(cfg)
+    if not run.section:
+        return flatten(plain)
+    section = plain
+    for part in run.section.split("."):
+        section = section[part]
+    return {
+        **flatten({f.name: plain[f.name] for f in fields(BaseConfig)}),
+        **flatten(section, f"{run.section}."),
+    }
+
+
+def resumed_reproduction(paper: Paper, cfg, jobs: list[tuple[Run, int]], tracker: Tracker) -> str | None:
+    """With resume=true: the reproduction id of the MLflow runs that the checkpoints continue."""
+    for run, seed in jobs:
+        ckpt = checkpoint_path(paper, cfg, run, seed)
+        run_id = load_checkpoint(ckpt).get("run_id") if ckpt.exists() else None
+        if run_id:
+            try:
+                return tracker.client.get_run(run_id).data.tags.get("reproduction")
+            except Exception:  # a checkpoint from another MLflow store
+                continue
+    return None
+
+
+def run_one(
+    paper: Paper, cfg, run: Run, seed: int, tracker: Tracker | None, reproduction: str, size: int
+) -> dict:
     name = f"{run.task}/{run.variant}/s{seed}"
-    ckpt = runs_dir() / paper.slug / cfg.scale / f"{run.task}-{run.variant}-s{seed}" / "last.pt"
+    ckpt = checkpoint_path(paper, cfg, run, seed)
     run_id, resuming = None, False
     if cfg.resume and ckpt.exists():
         state = load_checkpoint(ckpt)
@@ -50,15 +96,18 @@ def run_one(paper: Paper, cfg, run: Run, seed: int, tracker: Tracker | None, rep
             return {}
     torch.manual_seed(seed)
     model = run.build_model()
-    n_params = sum(p.numel() for p in model.parameters())
+    if run.init_from is not None:  # common.runs: start from that finished run's final weights
+        load_run_weights(model, run.init_from)
+    n_params, n_trainable = count_parameters(model)
     if tracker is not None:
         tags = {
             "paper": paper.slug, "task": run.task, "variant": run.variant, "seed": str(seed),
             "preset": cfg.scale, "claims": ",".join(claim_ids(paper, run)), "reproduction": reproduction,
-            **git_info(), **system_info(),
+            "reproduction_size": str(size), **git_info(), **system_info(),
         }  # fmt: skip
-        params = {**flatten(to_plain(cfg)), **{f"run.{k}": v for k, v in run.params.items()},
+        params = {**config_params(cfg, run), **{f"run.{k}": v for k, v in run.params.items()},
                   "run.task": run.task, "run.variant": run.variant, "run.seed": seed, "model.n_params": n_params,
+                  "model.n_trainable": n_trainable,
                   **{f"train.{k}": v for k, v in flatten(to_plain(run.train)).items()}}  # fmt: skip
         run_id = tracker.start(name, tags, params, run_id=run_id if resuming else None)
     print(f"  {name}: {n_params:,} parameters{' (resuming)' if resuming else ''}", flush=True)
@@ -66,7 +115,7 @@ def run_one(paper: Paper, cfg, run: Run, seed: int, tracker: Tracker | None, rep
     try:
         result = train(
             model, run.data, run.train, seed=seed, ckpt_path=ckpt, resume=resuming, tracker=tracker,
-            run_id=run_id, progress=cfg.progress, desc=name,
+            run_id=run_id, progress=cfg.progress, desc=name, base=run.init_from,
         )  # fmt: skip
     except TrainingDiverged:
         if tracker is not None:
@@ -76,33 +125,42 @@ def run_one(paper: Paper, cfg, run: Run, seed: int, tracker: Tracker | None, rep
         if tracker is not None:
             tracker.end("KILLED")
         raise
-    final = {"final/train_loss": result.final_loss, **result.metrics, "model/n_params": float(n_params)}
+    final = {"final/train_loss": result.final_loss, **result.metrics, "model/n_params": float(n_params),
+             "model/n_trainable": float(n_trainable)}  # fmt: skip
     if tracker is not None:
         tracker.log_metrics(final, result.steps)
         tracker.log_json(
             {**final, "steps": result.steps, "seconds": time.time() - started}, "final_metrics.json"
         )
         tracker.log_text(OmegaConf.to_yaml(cfg), "config.yaml")
+        for path in save_final(model, ckpt.parent, run.init_from):  # common.runs: what later runs start from
+            tracker.log_artifact(path, "model")
         tracker.end("FINISHED")
     shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if not k.startswith("model/"))
     print(f"  {name}: done in {time.time() - started:.0f}s; {shown}", flush=True)
     return final
 
 
-def reproduce(name: str, overrides: list[str]) -> Path | None:
+def reproduce(name: str, overrides: list[str]) -> int:
+    """Train, log, report; the exit status."""
     paper = load_paper(name)
     cfg = load_config(paper.schema, paper.path / "configs", overrides)
+    planned = paper.plan(cfg)
+    validate(paper, cfg, planned)
+    runs = [r for r in planned if r.task in cfg.only or r.key in cfg.only] if cfg.only else planned
+    if not runs:
+        raise PaperzooError(
+            f"only={list(cfg.only)} matches no run; runs are: {', '.join(r.key for r in planned)}"
+        )
     rank, _ = distributed_context()
     tracker = Tracker(paper.slug, tracking_uri()) if rank == 0 else None
-    runs = paper.plan(cfg)
-    if cfg.only:
-        runs = [r for r in runs if r.task in cfg.only or r.key in cfg.only]
-        if not runs:
-            raise PaperzooError(
-                f"only={list(cfg.only)} matches no run; runs are: {', '.join(r.key for r in paper.plan(cfg))}"
-            )
-    reproduction = uuid.uuid4().hex[:12]
     jobs = [(run, seed) for run in runs for seed in cfg.seeds]
+    planned_refs = {RunRef(paper.slug, cfg.scale, run.task, run.variant, seed) for run, seed in jobs}
+    for base in {run.init_from for run, _ in jobs if run.init_from is not None} - planned_refs:
+        require_finished(base)  # common.runs: before any training
+    reproduction = (
+        cfg.resume and tracker and resumed_reproduction(paper, cfg, jobs, tracker)
+    ) or uuid.uuid4().hex[:12]
     if rank == 0:
         print(
             f"{paper.title}: {len(jobs)} runs at preset '{cfg.scale}' -> MLflow {tracking_uri()}", flush=True
@@ -110,12 +168,16 @@ def reproduce(name: str, overrides: list[str]) -> Path | None:
     for i, (run, seed) in enumerate(jobs, 1):
         if rank == 0:
             print(f"[{i}/{len(jobs)}] {run.key} seed {seed}", flush=True)
-        run_one(paper, cfg, run, seed, tracker, reproduction)
+        run_one(paper, cfg, run, seed, tracker, reproduction, len(jobs))
     if rank != 0:
-        return None
-    out = report.build_report(paper.slug, preset=cfg.scale)
-    print(f"report: {out / 'README.md'}", flush=True)
-    return out
+        return 0
+    written = report.build_report(paper.slug, preset=cfg.scale, reproduction=reproduction)
+    print(f"\n{written.console()}\n{written.note}", flush=True)
+    unmet = written.unmet()
+    if cfg.strict and unmet:
+        print(f"strict=true: {len(unmet)} claims not reproduced: {', '.join(unmet)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _interrupt(signum, frame):
@@ -125,18 +187,20 @@ def _interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-"):
-        print("usage: python -m common.reproduce <paper> [key=value ...]", file=sys.stderr)
+    if not argv or (argv[0].startswith("-") and argv[0] != "--all"):
+        print("usage: python -m common.reproduce <paper> | --all [key=value ...]", file=sys.stderr)
         return 2
     try:
-        reproduce(argv[0], argv[1:])
+        if argv[0] == "--all":  # every paper but the template, each after those it starts from (common.runs)
+            names = reproduction_order([slug for slug in discover_papers() if not slug.startswith("_")])
+            return max(reproduce(name, argv[1:]) for name in names)
+        return reproduce(argv[0], argv[1:])
     except PaperzooError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted; rerun with resume=true to continue from the last checkpoint", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,11 +1,36 @@
 """Finished runs as artifacts that other runs start from.
 
-``RunRef(paper, preset, task, variant, seed)`` names a finished run of a reproduction.
+``RunRef(paper, preset, task, variant, seed)`` names a run of a reproduction. Its folder,
+``runs/<paper>/<preset>/<task>-<variant>-s<seed>/``, holds the checkpoint ``last.pt`` and, once the run
+finished, its final weights and what rebuilds the model; both also go to the run's MLflow artifacts:
+
+    model/model.safetensors   every tensor, or only the trainable ones of a run on a frozen base
+    model/model.json          {"class", "n_params", "n_trainable", "spec" (common.models.zoo.spec_of,
+                              null for a model not built through the zoo), "weights": "all" | "trainable",
+                              "init_from": the base RunRef or null}
+
+A ``Run`` with ``init_from`` starts from those weights (``load_run_weights``): found in MLflow first (the
+latest FINISHED run with the tags paper/preset/task/variant/seed, so a shared tracking server works),
+else in the runs folder. ``reproduction_order`` puts a paper after the papers its runs start from.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file, save_model
+from torch import nn
+
+from common.checkpoint import has_frozen_parameters, model_weights, restore_weights
+from common.errors import PaperzooError
+from common.paths import runs_dir, session_name
+
+WEIGHTS, MODEL_JSON, ARTIFACT_DIR = "model.safetensors", "model.json", "model"
 
 
 @dataclass(frozen=True)
@@ -19,3 +44,161 @@ class RunRef:
     @property
     def name(self) -> str:
         return f"{self.paper}:{self.preset}:{self.task}/{self.variant}/s{self.seed}"
+
+    @property
+    def command(self) -> str:
+        return f"nox -s reproduce-{session_name(self.paper)} -- scale={self.preset}"
+
+
+def run_dir(ref: RunRef) -> Path:
+    """The run's folder: ``last.pt`` and, once finished, ``model.safetensors`` and ``model.json``."""
+    return runs_dir() / ref.paper / ref.preset / f"{ref.task}-{ref.variant}-s{ref.seed}"
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(all parameters, those with requires_grad)."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+# ---- writing ---------------------------------------------------------------------------------------
+def save_final(model: nn.Module, folder: Path, init_from: RunRef | None = None) -> list[Path]:
+    """Write the final weights and ``model.json`` into ``folder``; returns both paths (to log to MLflow)."""
+    from common.models.zoo import spec_of
+
+    folder.mkdir(parents=True, exist_ok=True)
+    trainable_only = init_from is not None and has_frozen_parameters(model)
+    weights, meta = folder / WEIGHTS, folder / MODEL_JSON
+    if trainable_only:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model_weights(model, True).items()}, weights)
+    else:
+        save_model(model, str(weights))  # tied tensors (GPT's lm_head and wte) are stored once
+    n_params, n_trainable = count_parameters(model)
+    meta.write_text(json.dumps({
+        "class": type(model).__name__, "n_params": n_params, "n_trainable": n_trainable,
+        "spec": spec_of(model), "weights": "trainable" if trainable_only else "all",
+        "init_from": asdict(init_from) if trainable_only else None,
+    }, indent=2) + "\n")  # fmt: skip
+    return [weights, meta]
+
+
+# ---- finding and loading ---------------------------------------------------------------------------
+def _from_mlflow(ref: RunRef, dst: Path) -> Path | None:
+    """Download the model artifacts of the latest FINISHED MLflow run of ``ref`` into ``dst``."""
+    from mlflow.artifacts import download_artifacts
+
+    from common.tracking import client
+
+    mlflow_client = client()
+    experiment = mlflow_client.get_experiment_by_name(ref.paper)
+    if experiment is None:
+        return None
+    tags = {
+        "paper": ref.paper,
+        "preset": ref.preset,
+        "task": ref.task,
+        "variant": ref.variant,
+        "seed": ref.seed,
+    }
+    query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items()) + " and attributes.status = 'FINISHED'"
+    found = mlflow_client.search_runs(
+        [experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    if not found or not any(
+        f.path.endswith(WEIGHTS) for f in mlflow_client.list_artifacts(found[0].info.run_id, ARTIFACT_DIR)
+    ):
+        return None
+    run_id = found[0].info.run_id
+    download_artifacts(
+        run_id=run_id, artifact_path=ARTIFACT_DIR, dst_path=str(dst), tracking_uri=mlflow_client.tracking_uri
+    )
+    return dst / ARTIFACT_DIR
+
+
+def _from_folder(ref: RunRef) -> Path | None:
+    """The run folder, when its final weights are newer than its checkpoint (a rerun may be under way)."""
+    folder = run_dir(ref)
+    weights, ckpt = folder / WEIGHTS, folder / "last.pt"
+    if not (weights.exists() and (folder / MODEL_JSON).exists()):
+        return None
+    return folder if not ckpt.exists() or weights.stat().st_mtime >= ckpt.stat().st_mtime else None
+
+
+def _locate(ref: RunRef, tmp: Path) -> Path:
+    """The folder holding the final files of ``ref`` (downloaded into ``tmp`` from MLflow, or its run folder)."""
+    folder = _from_mlflow(ref, tmp) or _from_folder(ref)
+    if folder is None:
+        raise PaperzooError(
+            f"run {ref.name} has not finished (no final weights in MLflow or in {run_dir(ref)}); "
+            f"run `{ref.command}` first"
+        )
+    return folder
+
+
+def require_finished(ref: RunRef) -> None:
+    """Fail in one line, before any training, when ``ref`` has no final weights to start from."""
+    with tempfile.TemporaryDirectory() as tmp:
+        _locate(ref, Path(tmp))
+
+
+def _final_files(ref: RunRef) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(model.json, the weights) of ``ref``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = _locate(ref, Path(tmp))
+        return json.loads((folder / MODEL_JSON).read_text()), load_file(folder / WEIGHTS)
+
+
+def load_run_weights(model: nn.Module, ref: RunRef) -> None:
+    """Load the final weights of ``ref`` into ``model`` (built by the new run), strictly. A run saved on a
+    frozen base is rebuilt from its base first, then its trainable tensors."""
+    meta, weights = _final_files(ref)
+    trainable_only = meta["weights"] == "trainable"
+    if trainable_only:
+        load_run_weights(model, RunRef(**meta["init_from"]))
+    try:
+        restore_weights(model, weights, trainable_only)
+    except ValueError as err:
+        raise PaperzooError(
+            f"the final weights of {ref.name} do not fit this {type(model).__name__}: {err}"
+        ) from None
+
+
+def build_from_run(ref: RunRef) -> nn.Module:
+    """The model of ``ref`` rebuilt from its zoo spec, with its final weights (e.g. a part trained elsewhere)."""
+    from common.models.zoo import from_spec
+
+    meta, _ = _final_files(ref)
+    if meta["spec"] is None:
+        raise PaperzooError(
+            f"run {ref.name} trained a {meta['class']} not built through common.models.zoo, so it cannot be "
+            "rebuilt: build the model yourself and load its weights with load_run_weights"
+        )
+    model = from_spec(meta["spec"])
+    load_run_weights(model, ref)
+    return model
+
+
+# ---- order of reproductions ------------------------------------------------------------------------
+def reproduction_order(slugs: list[str]) -> list[str]:
+    """``slugs`` ordered so that a paper comes after every paper its runs start from (``Run.init_from``),
+    alphabetically otherwise. Plans are read at the cpu preset (planning builds no data)."""
+    from common.config import load_config
+    from common.experiment import load_paper
+
+    needs: dict[str, set[str]] = {}
+    for slug in slugs:
+        paper = load_paper(slug)
+        runs = paper.plan(load_config(paper.schema, paper.path / "configs", ["scale=cpu"]))
+        needs[slug] = {r.init_from.paper for r in runs if r.init_from is not None} - {slug}
+    order: list[str] = []
+    while len(order) < len(slugs):
+        ready = [
+            s for s in sorted(slugs) if s not in order and needs[s] <= set(order) | (needs[s] - set(slugs))
+        ]
+        if not ready:
+            cycle = sorted(s for s in slugs if s not in order)
+            raise PaperzooError(
+                f"papers {', '.join(cycle)} start from each other's runs: no order can reproduce them"
+            )
+        order.append(ready[0])
+    return order

@@ -1,4 +1,5 @@
-"""Helpers for the tests of the lab and of every paper (smoke reproductions, CLI error checks).
+"""Helpers for the tests of the lab and of every paper (smoke reproductions, CLI error checks, and
+``check_mixer``: the contract every sequence mixer of ``common.models.lm`` must keep).
 
 Loaded as a pytest plugin (``-p common.testing`` in pyproject.toml), so the ``lab`` fixture is
 available to every test file under tests/ and papers/.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,63 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def check_mixer(
+    make_mixer: Callable,
+    d_model: int,
+    batch: int = 2,
+    length: int = 63,
+    state_grows: bool = False,
+    seed: int = 0,
+    atol: float = 1e-10,
+) -> None:
+    """Assert, in fp64, the mixer contract of ``common.models.lm`` for the module ``make_mixer()`` builds:
+
+    1. the parallel ``forward`` equals ``step`` run token by token;
+    2. causality: changing token t changes no output before t (and does change the output at t);
+    3. ``prefill`` in two chunks (the second from a nonzero position) then ``step`` equals one forward;
+    4. unless ``state_grows`` (a KV cache), the state's size does not depend on the position.
+    """
+    import torch
+
+    from common.models.lm import init_state, prefill, state_tensors, step
+
+    torch.manual_seed(seed)
+    mixer = make_mixer().double().eval()
+    x = torch.randn(batch, length, d_model, dtype=torch.float64)
+
+    def fresh():
+        return init_state(mixer, batch, x.device, x.dtype)
+
+    def steps(x, state, start):
+        ys = []
+        for t in range(x.shape[1]):
+            y, state = step(mixer, x[:, t], state, start + t, {})
+            ys.append(y)
+        return torch.stack(ys, dim=1), state
+
+    with torch.no_grad():
+        full = mixer(x)
+        stepped, _ = steps(x, fresh(), 0)
+        torch.testing.assert_close(stepped, full, rtol=0, atol=atol, msg="step by step != forward")
+
+        t = length // 2
+        changed = x.clone()
+        changed[:, t] += 1.0
+        y = mixer(changed)
+        torch.testing.assert_close(y[:, :t], full[:, :t], rtol=0, atol=atol, msg=f"not causal at t={t}")
+        assert (y[:, t] - full[:, t]).abs().max() > 1e-6, "token t does not change the output at t"
+
+        a, b = length // 4, length // 2 + 1
+        y1, state = prefill(mixer, x[:, :a], fresh(), 0, {})
+        y2, state = prefill(mixer, x[:, a:b], state, a, {})
+        y3, _ = steps(x[:, b:], state, b)
+        chunked = torch.cat([y1, y2, y3], dim=1)
+        torch.testing.assert_close(chunked, full, rtol=0, atol=atol, msg="prefill + step != forward")
+
+        if not state_grows:
+            sizes = {sum(s.numel() for s in state_tensors(fresh()))}
+            for n in (1, length):
+                sizes.add(sum(s.numel() for s in state_tensors(prefill(mixer, x[:, :n], fresh(), 0, {})[1])))
+            assert len(sizes) == 1, f"the state's size depends on the position: {sorted(sizes)}"

@@ -20,7 +20,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,15 +29,39 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from common.checkpoint import WeightSnapshots, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from common.checkpoint import (
+    WeightSnapshots,
+    has_frozen_parameters,
+    load_checkpoint,
+    model_weights,
+    restore_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from common.config import Optimizer, Schedule, TrainConfig
 from common.errors import PaperzooError, TrainingDiverged
+from common.runs import RunRef
 
 
 class Task(Protocol):
     def batch(self, split: str, index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]: ...
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]: ...
+
+    # optional: ``target_tokens(batch) -> int`` where the batch's targets are not ``batch["targets"]``
+
+
+def target_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """The target tokens of a training batch, which ``tokens_per_s`` counts.
+
+    The convention: ``batch["targets"]`` with -100 ignored (language modelling, the synthetic tasks);
+    without ``"targets"``, one target per example (a classifier's label). A task whose targets are
+    named otherwise (translation: ``tgt_out`` without padding) defines ``target_tokens(batch)`` itself.
+    """
+    if "targets" in batch:
+        return int((batch["targets"] != -100).sum())
+    return next(iter(batch.values())).shape[0]
 
 
 class MetricSink(Protocol):
@@ -112,6 +136,11 @@ def lr_multiplier(cfg: TrainConfig, step: int) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate ``cfg.lr * lr_multiplier(cfg, step)``, stepped once per optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(cfg, step))
+
+
 def _split_loss(out: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return (out[0], dict(out[1])) if isinstance(out, tuple) else (out, {})
 
@@ -149,19 +178,24 @@ def train(
     run_id: str | None = None,
     progress: bool = True,
     desc: str = "train",
+    base: RunRef | None = None,
 ) -> TrainResult:
+    """Train ``model`` on ``task``; ``base``: the finished run the model's weights were loaded from, which
+    makes a model with frozen parameters checkpoint only its trainable ones (common.checkpoint)."""
     rank, world = distributed_context()
     device = pick_device(cfg.device)
     model.to(device)
     raw_model = model
     optimizer = build_optimizer(raw_model, cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(cfg, s))
+    scheduler = build_scheduler(optimizer, cfg)
+    count_tokens = getattr(task, "target_tokens", target_tokens)
+    trainable_only = base is not None and has_frozen_parameters(raw_model)
 
     start, resumed_from = 0, None
     if resume and ckpt_path is not None and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         try:
-            raw_model.load_state_dict(state["model"])
+            restore_weights(raw_model, state["model"], trainable_only)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, ValueError, KeyError) as err:
@@ -196,9 +230,10 @@ def train(
             if snapshots is not None and not finished:
                 snapshots.save(step, raw_model.state_dict())
             save_checkpoint(ckpt_path, {
-                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model": model_weights(raw_model, trainable_only), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rng_state(), "step": step,
                 "run_id": run_id, "finished": finished, "loss": loss,
+                "base": asdict(base) if trainable_only else None,
             })  # fmt: skip
 
     def log(metrics: dict[str, float], step: int) -> None:
@@ -216,7 +251,7 @@ def train(
         for micro in range(cfg.grad_accum):
             batch = task.batch("train", step * cfg.grad_accum + micro, cfg.batch_size, seed)
             local = _rank_slice(batch, rank, world, device)
-            window_tokens += next(iter(batch.values())).numel()
+            window_tokens += count_tokens(batch)
             sync = contextlib.nullcontext() if world == 1 or micro == cfg.grad_accum - 1 else model.no_sync()
             with sync, autocast_context(device, cfg.precision):
                 loss, extra = _split_loss(model(local))

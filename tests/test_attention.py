@@ -6,6 +6,7 @@ from torch import nn
 
 from common.models.attention import CausalSelfAttention, MultiHeadAttention, attention, attention_ref
 from common.models.lm import CausalLM, GeluMLP
+from common.testing import check_mixer
 
 
 def _qkv(b, h, lq, lk, dh, dtype, seed=0):
@@ -98,18 +99,26 @@ def test_multi_head_attention_matches_torch(bias):
     torch.testing.assert_close(ours(x_q, x_q, causal=True), expected, rtol=1e-10, atol=1e-10)
 
 
-def test_causal_self_attention_step_equals_forward():
+def test_causal_self_attention_keeps_the_mixer_contract():
+    check_mixer(lambda: CausalSelfAttention(24, 3), d_model=24, state_grows=True)
+
+
+def test_kv_cache_grows_one_position_per_token():
+    mixer = CausalSelfAttention(24, 3).eval()
+    state = mixer.init_state(2)
+    _, state = mixer.prefill(torch.randn(2, 5, 24), state)
+    assert state["k"].shape == state["v"].shape == (2, 3, 5, 8)  # (B, H, t, Dh)
+    _, state = mixer.step(torch.randn(2, 24), state)
+    assert state["k"].shape == (2, 3, 6, 8)
+
+
+def test_multi_head_self_attention_prefill_equals_causal_forward():
     torch.manual_seed(0)
-    mixer = CausalSelfAttention(24, 3).double().eval()
-    x = torch.randn(2, 13, 24, dtype=torch.float64)
-    full = mixer(x)
-    state = mixer.init_state(2, device=x.device, dtype=x.dtype)
-    ys = []
-    for t in range(x.shape[1]):
-        y, state = mixer.step(x[:, t], state)
-        ys.append(y)
-        assert state["k"].shape == (2, 3, t + 1, 8)
-    torch.testing.assert_close(torch.stack(ys, dim=1), full, rtol=1e-10, atol=1e-10)
+    mha = MultiHeadAttention(24, 3).double().eval()
+    x = torch.randn(2, 11, 24, dtype=torch.float64)
+    y1, cache = mha.prefill(x[:, :4], mha.init_state(2, dtype=x.dtype))
+    y2, cache = mha.prefill(x[:, 4:], cache)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), mha(x, x, causal=True), rtol=0, atol=1e-10)
 
 
 def test_attention_dropout_only_in_training():

@@ -1,13 +1,20 @@
 """The user-facing commands: reproduce, report, new-paper and nox, with their one-line errors."""
 
+import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
+import yaml
 
+from common import report
+from common.experiment import LazyTask, Run, load_paper, read_meta
 from common.paths import REPO_ROOT
-from common.report import build_report, write_index
+from common.report import build_report
+from common.reproduce import reproduce
 from common.testing import assert_one_line_error, lab_env, run_cli
 from common.tracking import client
 
@@ -40,8 +47,12 @@ def test_corrupt_checkpoint_is_reported_and_kept(lab):
 
 
 def test_smoke_reproduction_writes_the_report_from_mlflow(lab):
-    result = run_cli("-m", "common.reproduce", "template", "scale=smoke", "progress=false")
-    assert result.returncode == 0, result.stderr
+    result = run_cli("-m", "common.reproduce", "template", "scale=smoke", "progress=false", "strict=true")
+    assert result.returncode == 0, result.stderr  # strict: every claim with a criterion is reproduced
+    table = result.stdout[result.stdout.index("Template Paper: preset smoke") :].splitlines()
+    assert table[1].split() == ["claim", "paper", "ours", "verdict"]
+    assert table[2].startswith("hidden-layer-helps") and table[2].endswith("reproduced")
+    assert table[4] == "2 claims: 1 reproduced, 1 no criterion"
     readme = (lab / "reports" / "_template" / "README.md").read_text()
     assert "| hidden-layer-helps |" in readme and "**reproduced**" in readme
     assert "Preset **smoke**" in readme
@@ -63,10 +74,58 @@ def test_smoke_reproduction_writes_the_report_from_mlflow(lab):
         assert "train.lr" in run.data.params and "final/train_loss" in run.data.metrics
         artifacts = {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "final_metrics.json"} <= artifacts
-    # a report with no runs says "not run", it does not invent numbers
+    # no runs at a preset: no report at all, and the command that makes them
     empty = build_report("_template", preset="gpu", out_root=lab / "other")
-    assert "**not run**" in (empty / "README.md").read_text()
-    assert write_index(lab / "other").exists()
+    assert empty.reproduction is None and "nox -s reproduce-template" in empty.note
+    assert not (lab / "other").exists()
+
+
+def test_only_builds_no_other_task_and_a_run_logs_its_own_section(lab, monkeypatch):
+    paper = load_paper("template")
+
+    def never():
+        raise AssertionError("a run left out by only= built its data")
+
+    def plan(cfg):
+        mlp, linear = paper.module.plan(cfg)
+        return [
+            mlp,
+            replace(linear, section="rings"),
+            Run("other", "big", mlp.build_model, LazyTask(never), mlp.train),
+        ]
+
+    module = SimpleNamespace(Config=paper.schema, plan=plan)
+    monkeypatch.setattr("common.reproduce.load_paper", lambda name: replace(paper, module=module))
+    assert reproduce("template", ["scale=smoke", "progress=false", "only=[rings/linear]"]) == 0
+    mlflow_client = client()
+    (run,) = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("_template").experiment_id])
+    assert run.data.tags["variant"] == "linear" and run.data.tags["reproduction_size"] == "1"
+    params = run.data.params  # BaseConfig's fields, the run's section, its TrainConfig and run params
+    assert {"scale", "seeds", "only", "rings.noise", "train.lr", "run.hidden"} <= set(params)
+    assert "model.hidden" not in params and "model.layers" not in params  # the other section of the config
+
+
+def test_strict_fails_an_unmet_claim_and_resume_keeps_the_reproduction(lab, monkeypatch, capsys):
+    meta = read_meta("_template")
+    meta["claims"][1]["criteria"]["smoke"] = ">= 1.5"  # impossible: mlp-solves-rings is not reproduced
+    monkeypatch.setattr(report, "read_meta", lambda slug: meta)
+    args = ["scale=smoke", "progress=false"]
+    assert reproduce("template", [*args, "strict=true"]) == 1
+    assert reproduce("template", [*args, "resume=true"]) == 0  # every run already finished; not strict
+    out, err = capsys.readouterr()
+    assert "strict=true: 1 claims not reproduced: mlp-solves-rings" in err
+    assert out.count("already finished") == 2 and out.count("2 claims: 1 reproduced, 1 not reproduced") == 2
+    mlflow_client = client()
+    runs = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("_template").experiment_id])
+    (reproduction,) = {r.data.tags["reproduction"] for r in runs}
+    results = json.loads((lab / "reports" / "_template" / "results.json").read_text())
+    assert results["reproduction"] == reproduction and results["complete"] and results["runs"] == 2
+    assert (
+        yaml.safe_load((REPO_ROOT / "papers/_template/paper.yaml").read_text())["claims"][1]["criteria"][
+            "smoke"
+        ]
+        is None
+    )
 
 
 def test_new_paper_scaffold_validates_the_slug(lab):

@@ -68,7 +68,9 @@ def test_bad_choice_lists_the_choices(configs):
 
 
 def test_unknown_preset(configs):
-    with pytest.raises(PaperzooError, match="unknown preset 'scale=tiny'; choose one of smoke, cpu, gpu"):
+    with pytest.raises(
+        PaperzooError, match=r"unknown preset 'tiny' \(scale=tiny\); choose one of smoke, cpu, gpu"
+    ):
         load_config(Schema, configs, ["scale=tiny"])
 
 
@@ -84,3 +86,17 @@ def test_config_is_read_only_and_flattens_for_mlflow(configs):
     flat = flatten(to_plain(cfg))
     assert flat["train.lr"] == 0.01 and flat["train.optimizer"] == "adamw" and flat["model.kind"] == "mlp"
     assert train_config(cfg.train).optimizer is Optimizer.adamw
+
+
+def test_a_key_that_lives_under_a_section_gets_a_suggestion(configs):
+    @dataclass
+    class Nested(BaseConfig):
+        copying: Schema = field(default_factory=Schema)
+
+    (configs.parent / "nested").mkdir()
+    for name in ("smoke", "cpu", "gpu"):
+        (configs.parent / "nested" / f"{name}.yaml").write_text("{}\n")
+    with pytest.raises(PaperzooError) as err:
+        load_config(Nested, configs.parent / "nested", ["scale=cpu", "train.max_steps=3"])
+    message = str(err.value)
+    assert "unknown config key 'train'" in message and "did you mean copying.train.max_steps?" in message

@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from common.data.corpus import CharTokenizer, LanguageModelingTask, TokenizedCorpus, fit_tokenizer, load_text
+from common.data.corpus import (
+    CharTokenizer,
+    LanguageModelingTask,
+    TokenizedCorpus,
+    cached_bpe,
+    fit_tokenizer,
+    load_text,
+    train_bpe,
+)
 from common.data.synthetic import IGNORE_INDEX, CurriculumStage, InductionHeads, generator, induction_heads
 from common.errors import PaperzooError
 from common.paths import data_dir
@@ -72,6 +80,32 @@ def test_bpe_tokenizer_trains_locally_and_round_trips():
     tok = fit_tokenizer("bpe:300", text)
     ids = tok.encode("the lazy fox")
     assert tok.decode(ids) == "the lazy fox" and len(ids) < len("the lazy fox")
+
+
+def test_byte_level_train_bpe_is_the_tokenizers_library_byte_level_bpe():
+    """bpe:<size> corpora were tokenized with ByteLevelBPETokenizer: the same model, so cached ids stay valid."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    lines = (
+        "the quick brown fox jumps over the lazy dog\n" * 50 + "Zwei Hunde spielen im Schnee.\n" * 30
+    ).splitlines(keepends=True)
+    reference = ByteLevelBPETokenizer()
+    reference.train_from_iterator(lines, vocab_size=300, min_frequency=2, show_progress=False)
+    ours = train_bpe(lines, 300, byte_level=True, min_frequency=2)
+    assert ours.to_str() == reference._tokenizer.to_str()
+
+
+def test_cached_bpe_trains_once(tmp_path):
+    calls = []
+
+    def texts():
+        calls.append(1)
+        return ["a man rides a bike", "two dogs play in the snow"] * 5
+
+    first = cached_bpe(tmp_path / "bpe.json", texts, 60, special_tokens=["<pad>", "<unk>"], unk_token="<unk>")
+    again = cached_bpe(tmp_path / "bpe.json", texts, 60, special_tokens=["<pad>", "<unk>"], unk_token="<unk>")
+    assert len(calls) == 1 and again.to_str() == first.to_str()
+    assert first.token_to_id("<pad>") == 0 and first.decode(first.encode("two dogs").ids) == "two dogs"
 
 
 def test_unknown_tokenizer_and_corpus():

@@ -13,7 +13,7 @@ from common.config import Schedule, TrainConfig
 from common.errors import PaperzooError, TrainingDiverged
 from common.testing import REPO_ROOT
 from common.tracking import client
-from common.train import lr_multiplier, train
+from common.train import lr_multiplier, target_tokens, train
 from papers._template.model import Classifier
 from papers._template.task import RingsTask
 
@@ -198,3 +198,35 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     two = _final_loss(tmp_path / "two")
     assert len(two) == 1  # only rank 0 logs
     assert two[0].data.metrics["final/train_loss"] == pytest.approx(one, abs=1e-5)
+
+
+def test_target_tokens_counts_what_the_loss_is_computed_on():
+    from common.data.synthetic import SelectiveCopying
+    from common.experiment import LazyTask
+    from papers.transformer.data import PAD_ID, copy_task_batch
+    from papers.transformer.task import CopyTask
+
+    lm = {"idx": torch.zeros(4, 8, dtype=torch.long), "targets": torch.full((4, 8), -100)}
+    lm["targets"][:, -3:] = 1  # e.g. selective copying: only the answer positions count
+    assert target_tokens(lm) == 12
+    assert target_tokens(RingsTask().batch("train", 0, 32, seed=0)) == 32  # one label per example
+    copy = CopyTask()
+    batch = copy_task_batch(0, 4, seed=0)
+    assert copy.target_tokens(batch) == batch["tgt_out"].numel() == 4 * 11  # 10 symbols + EOS, no padding
+    batch["tgt_out"][0, 5:] = PAD_ID
+    assert copy.target_tokens(batch) == 44 - 6 == LazyTask(lambda: copy).target_tokens(batch)
+    assert LazyTask(lambda: SelectiveCopying(n_ctx=32)).target_tokens(lm) == 12
+    copying = SelectiveCopying(n_ctx=32, n_data=4).batch("train", 0, 2, seed=0)
+    assert target_tokens(copying) == 2 * 4  # the data tokens to copy, not the whole sequence
+
+
+def test_the_loop_counts_tokens_per_s_through_the_task():
+    class Counting(RingsTask):
+        seen = 0
+
+        def target_tokens(self, batch):
+            Counting.seen += 1
+            return 1000
+
+    train(Classifier(hidden=4), Counting(test_size=10), quick(max_steps=6, grad_accum=2), progress=False)
+    assert Counting.seen == 12  # every micro-batch

@@ -7,7 +7,11 @@ Resolution order for a named corpus (``CORPORA``):
 If neither works the error names the file expected and the variable to set.
 
 Tokenizers: ``char`` (one id per distinct character, nanoGPT's shakespeare_char) and ``bpe:<size>``
-(byte-level BPE trained locally with the ``tokenizers`` library on the training split). Token ids
+(byte-level BPE trained locally on the training split). ``train_bpe`` is the lab's one BPE trainer
+(Sennrich et al. 2016, through the ``tokenizers`` library), in two styles: byte-level (GPT-2's:
+every byte in the alphabet, no unknown token) and Metaspace (NFC, words marked by a leading ``▁`` so
+decoding restores the spaces; the translation papers' joint vocabularies); ``cached_bpe`` trains one
+once and keeps it as a ``tokenizers`` JSON file. Token ids
 are cached once under ``$PAPERZOO_CACHE/tokens`` as a flat ``uint16``/``uint32`` array and opened
 with ``np.memmap``. Split: the first 90% of the tokens are train, the rest val (as nanoGPT).
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,8 +115,58 @@ class CharTokenizer:
         path.write_text(json.dumps({"kind": "char", "chars": self.chars}))
 
 
+def train_bpe(
+    texts: Iterable[str],
+    vocab_size: int,
+    *,
+    byte_level: bool = False,
+    special_tokens: Sequence[str] = (),
+    unk_token: str | None = None,
+    min_frequency: int = 0,
+):
+    """A BPE ``tokenizers.Tokenizer`` of ``vocab_size`` ids learned on ``texts``; special tokens take ids 0, 1, ...
+
+    ``byte_level``: GPT-2's byte-level BPE (what ``tokenizers.ByteLevelBPETokenizer`` builds);
+    otherwise NFC + Metaspace pre-tokenisation with ``unk_token`` for symbols never seen in training.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    if byte_level:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tok = Tokenizer(models.BPE(unk_token=unk_token))
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        alphabet = []
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(special_tokens),
+        initial_alphabet=alphabet, show_progress=False,
+    )  # fmt: skip
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+def cached_bpe(path: Path, texts: Callable[[], Iterable[str]], vocab_size: int, **options):
+    """``train_bpe(texts(), vocab_size, **options)`` the first time, saved atomically to ``path``; then loaded."""
+    from tokenizers import Tokenizer
+
+    if path.is_file():
+        return Tokenizer.from_file(str(path))
+    tok = train_bpe(texts(), vocab_size, **options)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tok.save(str(tmp))
+    tmp.replace(path)
+    return tok
+
+
 class BPETokenizer:
-    """Byte-level BPE from the ``tokenizers`` library, trained on the training text."""
+    """Byte-level BPE (``train_bpe``) trained on the training text: at least 2 occurrences per merge."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -119,12 +174,7 @@ class BPETokenizer:
 
     @classmethod
     def fit(cls, text: str, vocab_size: int) -> BPETokenizer:
-        from tokenizers import ByteLevelBPETokenizer
-
-        tok = ByteLevelBPETokenizer()
-        tok.train_from_iterator(text.splitlines(keepends=True), vocab_size=vocab_size, min_frequency=2,
-                                show_progress=False)  # fmt: skip
-        return cls(tok)
+        return cls(train_bpe(text.splitlines(keepends=True), vocab_size, byte_level=True, min_frequency=2))
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids
@@ -133,7 +183,7 @@ class BPETokenizer:
         return self.tokenizer.decode([int(i) for i in ids])
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"kind": "bpe", "tokenizer": self.tokenizer._tokenizer.to_str()}))
+        path.write_text(json.dumps({"kind": "bpe", "tokenizer": self.tokenizer.to_str()}))
 
 
 def load_tokenizer(path: Path):

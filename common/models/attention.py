@@ -20,6 +20,12 @@ Lk - Lq cached keys) and the usual lower triangle when Lq == Lk. A query row wit
 
 ``attention_ref`` is the explicit formula; ``attention`` is the fast path through
 ``torch.nn.functional.scaled_dot_product_attention`` with identical semantics (tests compare them).
+
+KV cache (the recurrent form of masked self-attention, ``common.models.lm``'s mixer protocol):
+``cached_attention`` appends the keys and values of Lq new positions to a cache
+``{"k": (B, H, t, Dh), "v": (B, H, t, Dh)}`` and lets them attend causally to the t + Lq keys, so one
+parallel pass fills the cache for a prompt (prefill) and each later token costs O(t). Both
+``CausalSelfAttention`` (GPT) and ``MultiHeadAttention`` (the Transformer decoder) decode through it.
 """
 
 from __future__ import annotations
@@ -86,6 +92,24 @@ def attention(
     return out * row_ok
 
 
+def empty_cache(batch_size: int, n_heads: int, d_head: int, device=None, dtype=None) -> dict:
+    """A KV cache holding no position yet: k, v (B, H, 0, Dh)."""
+    empty = torch.zeros(batch_size, n_heads, 0, d_head, device=device, dtype=dtype)
+    return {"k": empty, "v": empty}
+
+
+def cached_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: dict, dropout_p: float = 0.0
+) -> tuple[torch.Tensor, dict]:
+    """q, k, v (B, H, Lq, Dh) of Lq new positions after the cache's t: causal attention over the t + Lq
+    keys -> (out (B, H, Lq, Dh), cache grown to t + Lq positions)."""
+    k = torch.cat([cache["k"], k], dim=2)  # (B, H, t + Lq, Dh)
+    v = torch.cat([cache["v"], v], dim=2)
+    # a single new query may see every key: no mask needed
+    out = attention(q, k, v, causal=q.shape[-2] > 1, dropout_p=dropout_p)
+    return out, {"k": k, "v": v}
+
+
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """(B, L, D) -> (B, H, L, D / H)."""
     b, length, d = x.shape
@@ -130,6 +154,16 @@ class MultiHeadAttention(nn.Module):
         out = attention(q, k, v, mask=mask, causal=causal, dropout_p=p)  # (B, H, Lq, Dh)
         return self.out_proj(merge_heads(out))
 
+    # ---- masked self-attention with a KV cache (incremental decoding) -------------------------
+    def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
+        return empty_cache(batch_size, self.n_heads, self.q_proj.in_features // self.n_heads, device, dtype)
+
+    def prefill(self, x: torch.Tensor, cache: dict) -> tuple[torch.Tensor, dict]:
+        """Causal self-attention of x (B, L, D) after the cached positions -> (B, L, D), grown cache."""
+        q, k, v = (split_heads(proj(x), self.n_heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        out, cache = cached_attention(q, k, v, cache, self.dropout if self.training else 0.0)
+        return self.out_proj(merge_heads(out)), cache
+
 
 class CausalSelfAttention(nn.Module):
     """GPT-style masked self-attention (Sec. 3.2.3) as a ``common.models.lm`` mixer.
@@ -137,8 +171,9 @@ class CausalSelfAttention(nn.Module):
     One fused input projection ``qkv`` (D -> 3D, in q, k, v order, GPT-2's ``c_attn``), output
     projection ``proj`` (GPT-2's ``c_proj``), attention-probability dropout and residual dropout.
 
-    Recurrent form: the state is the KV cache ``{"k": (B, H, t, Dh), "v": (B, H, t, Dh)}``; ``step``
-    appends one position, so step t costs O(t) and the cache grows by one entry per token.
+    Recurrent form: the state is the KV cache ``{"k": (B, H, t, Dh), "v": (B, H, t, Dh)}``; ``prefill``
+    appends L positions in one parallel pass, ``step`` one, so step t costs O(t) and the cache grows by
+    one entry per token.
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):
@@ -161,14 +196,15 @@ class CausalSelfAttention(nn.Module):
         return self.resid_drop(self.proj(merge_heads(out)))
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
-        dh = self.qkv.in_features // self.n_heads
-        empty = torch.zeros(batch_size, self.n_heads, 0, dh, device=device, dtype=dtype)  # (B, H, 0, Dh)
-        return {"k": empty, "v": empty}
+        return empty_cache(batch_size, self.n_heads, self.qkv.in_features // self.n_heads, device, dtype)
+
+    def prefill(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """x (B, L, D) attends to the cache and causally to itself; returns (y (B, L, D), grown cache)."""
+        q, k, v = self._qkv(x)  # (B, H, L, Dh)
+        out, state = cached_attention(q, k, v, state, self.dropout if self.training else 0.0)
+        return self.resid_drop(self.proj(merge_heads(out))), state
 
     def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         """One token x (B, D) attends to the cache plus itself; returns (y (B, D), grown cache)."""
-        q, k, v = self._qkv(x[:, None])  # (B, H, 1, Dh)
-        k = torch.cat([state["k"], k], dim=2)  # (B, H, t+1, Dh)
-        v = torch.cat([state["v"], v], dim=2)
-        out = attention(q, k, v)  # the newest query may see every cached key: no mask needed
-        return self.resid_drop(self.proj(merge_heads(out)))[:, 0], {"k": k, "v": v}
+        y, state = self.prefill(x[:, None], state)
+        return y[:, 0], state

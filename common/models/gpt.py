@@ -9,7 +9,8 @@ with std scaled by 1/sqrt(N) for N residual layers (N = 2 * n_layers: attention 
                -> ln_f -> tied head (B, L, V)
 
 Attention: ``common.models.attention.CausalSelfAttention``; MLP: ``common.models.lm.GeluMLP``
-(GELU with the tanh approximation, HF's ``gelu_new``); LayerNorm eps 1e-5 as in GPT-2.
+(GELU with the tanh approximation, HF's ``gelu_new``); LayerNorm eps 1e-5 as in GPT-2. In the model zoo as
+``gpt`` (``zoo.build("gpt", GPTConfig(...))``).
 
 Hugging Face interoperability: ``load_hf_gpt2(dir)`` reads a ``GPT2LMHeadModel`` directory holding
 ``config.json`` + ``model.safetensors``; ``save_hf_gpt2(model, cfg, dir)`` writes one that
@@ -33,6 +34,7 @@ from torch import nn
 
 from common.models.attention import CausalSelfAttention
 from common.models.lm import CausalLM, GeluMLP
+from common.models.zoo import register
 
 
 @dataclass
@@ -46,6 +48,7 @@ class GPTConfig:
     bias: bool = True
 
 
+@register("gpt", GPTConfig)
 def build_gpt(cfg: GPTConfig) -> CausalLM:
     """A GPT-2 style ``CausalLM`` with GPT-2 initialisation."""
     model = CausalLM(

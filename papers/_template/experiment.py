@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.config import BaseConfig, TrainConfig, train_config
+from common.config import BaseConfig, TrainConfig, to_plain, train_config
 from common.experiment import Run
 
-from .model import Classifier
+from .model import Classifier, ClassifierConfig
 from .task import RingsTask
 
 
@@ -18,24 +18,17 @@ class RingsConfig:
 
 
 @dataclass
-class ModelConfig:
-    hidden: int = 64
-    layers: int = 2
-
-
-@dataclass
 class Config(BaseConfig):
     rings: RingsConfig = field(default_factory=RingsConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ClassifierConfig = field(default_factory=ClassifierConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def plan(cfg: Config) -> list[Run]:
-    task = RingsTask(cfg.rings.noise, cfg.rings.test_size)
+    task = RingsTask(cfg.rings.noise, cfg.rings.test_size)  # synthetic; a corpus: wrap it in LazyTask
     train = train_config(cfg.train)
-    hidden, layers = cfg.model.hidden, cfg.model.layers
+    model = to_plain(cfg.model)  # the model's params are the config's (logged by the lab)
     return [
-        Run("rings", "mlp", lambda: Classifier(hidden=hidden, layers=layers), task, train,
-            {"hidden": hidden, "layers": layers}),
-        Run("rings", "linear", lambda: Classifier(hidden=0), task, train, {"hidden": 0}),
-    ]  # fmt: skip
+        Run("rings", "mlp", lambda: Classifier(**model), task, train),
+        Run("rings", "linear", lambda: Classifier(**{**model, "hidden": 0}), task, train, {"hidden": 0}),
+    ]

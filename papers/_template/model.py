@@ -1,13 +1,24 @@
 """The method (an MLP with hidden layers) and its baseline (a linear classifier).
 
 Model contract of common.train: ``model(batch) -> loss``; ``model.logits(x)`` for evaluation.
+``ClassifierConfig`` is the schema node of the ``model`` section of the config (each hyperparameter is
+written once: in the yaml, read by the model). An architecture other papers may use as a baseline is
+registered in the model zoo: ``@common.models.zoo.register("my_arch", MyArchConfig)`` on its builder.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@dataclass
+class ClassifierConfig:
+    hidden: int = 64  # 0: the linear baseline
+    layers: int = 2
 
 
 class Classifier(nn.Module):

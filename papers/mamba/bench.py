@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from common.bench import environment, environment_line, sync, timed, write_results
+from common.models.lm import state_tensors
 from common.paths import reports_dir
 
 from .model import build_mamba_lm
@@ -121,7 +122,7 @@ def bench_scan(
 
 
 def _state_bytes(state: dict) -> int:
-    return sum(t.numel() * t.element_size() for layer in state["layers"] for t in layer)
+    return sum(t.numel() * t.element_size() for t in state_tensors(state["layers"]))
 
 
 @torch.no_grad()

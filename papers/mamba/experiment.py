@@ -4,24 +4,28 @@ selective_copying   Table 1: S6 vs LTI (S4D-style) SSM, each in the Mamba block 
 induction_heads     Table 2: Mamba vs MHA-Abs, trained at L=256 (cpu: 64, both through curricula),
                     tested at 2^6 .. 2^20 (cpu: 2^14)
 shakespeare_char    Sec. 4.2: Mamba vs a GPT of about equal parameter count, val loss and tokens/s
+
+Each task's section holds the config of each model it trains (``model``, or one node per variant: the
+config dataclass of that architecture in ``common.models.zoo``); fields that come from the data
+(vocab_size) are filled in when the model is built. Tasks read no data until they train.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from common.config import BaseConfig, TrainConfig, train_config
 from common.data.corpus import LanguageModelingTask
 from common.data.synthetic import CurriculumStage, InductionHeads, SelectiveCopying
 from common.errors import PaperzooError
-from common.experiment import Run
-from common.models.attention import CausalSelfAttention
-from common.models.gpt import GPTConfig, build_gpt
-from common.models.lm import CausalLM, GeluMLP
+from common.experiment import LazyTask, Run
+from common.models import zoo
+from common.models.gpt import GPTConfig
+from common.models.mha import MHAConfig
 
-from .model import build_mamba_lm
+from .model import MambaLMConfig
 
 # variant -> (selective, gated)
 SSM_VARIANTS = {
@@ -37,11 +41,10 @@ class SelectiveCopyingConfig:
     n_ctx: int = 256  # context length (paper: 4096); 16 outputs follow
     n_data: int = 16
     vocab: int = 16
-    d_model: int = 64
-    n_layers: int = 2
-    d_state: int = 16
     test_size: int = 512
     variants: list[str] = field(default_factory=lambda: list(SSM_VARIANTS))
+    # vocab_size: the task's vocab; selective / gated: set by each variant
+    model: MambaLMConfig = field(default_factory=lambda: MambaLMConfig(MISSING, d_model=64, n_layers=2))
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -51,17 +54,16 @@ class InductionHeadsConfig:
     vocab: int = 16
     test_lengths: list[int] = field(default_factory=lambda: [2**k for k in range(6, 15)])
     attention_max_test_len: int = 2048  # MHA-Abs is quadratic: not tested beyond this
-    mamba_d_model: int = 64
     # Length curricula (common.data.synthetic.InductionHeads): a run with stages trains their steps in order
     # (the sum replaces train.max_steps); none: train.max_steps at train_len
     mamba_stages: list[CurriculumStage] = field(default_factory=list)
     mha_abs_stages: list[CurriculumStage] = field(default_factory=list)
-    attention_d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 8
     test_size: int = 256
     max_eval_tokens: int = 2**17  # per evaluation forward pass
     variants: list[str] = field(default_factory=lambda: ["mamba", "mha_abs"])
+    # the models of the variants of the same names (vocab_size: the task's vocab)
+    mamba: MambaLMConfig = field(default_factory=lambda: MambaLMConfig(MISSING, d_model=64, n_layers=2))
+    mha_abs: MHAConfig = field(default_factory=lambda: MHAConfig(MISSING, d_model=128, n_layers=2, n_heads=8))
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -70,12 +72,14 @@ class LanguageModelConfig:
     corpus: str = "tinyshakespeare"
     tokenizer: str = "char"
     block_size: int = 128
-    d_model: int = 128
-    gpt_layers: int = 2
-    gpt_heads: int = 4
-    mamba_layers: int = 4  # a Mamba block has about half the parameters of attention + MLP
     eval_batches: int = 40
     variants: list[str] = field(default_factory=lambda: ["mamba", "gpt"])
+    # the models of the variants of the same names (vocab_size: the corpus's); a Mamba block has about half
+    # the parameters of attention + MLP, hence twice the layers
+    mamba: MambaLMConfig = field(default_factory=lambda: MambaLMConfig(MISSING, d_model=128, n_layers=4))
+    gpt: GPTConfig = field(
+        default_factory=lambda: GPTConfig(MISSING, "${..block_size}", n_layers=2, n_heads=4, d_model=128)
+    )
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -86,42 +90,29 @@ class Config(BaseConfig):
     language_model: LanguageModelConfig = field(default_factory=LanguageModelConfig)
 
 
-def attention_lm(vocab: int, d_model: int, n_layers: int, n_heads: int) -> CausalLM:
-    """MHA-Abs of Table 2: multi-head attention + MLP blocks with absolute (sinusoidal) positions."""
-    return CausalLM(
-        vocab, d_model, n_layers,
-        mixer_factory=lambda i: CausalSelfAttention(d_model, n_heads),
-        mlp_factory=lambda i: GeluMLP(d_model),
-        norm="layer", positions="sinusoidal",
-    )  # fmt: skip
-
-
 def selective_copying_runs(c: SelectiveCopyingConfig) -> list[Run]:
     task = SelectiveCopying(c.n_ctx, c.n_data, c.vocab, c.test_size)
     runs = []
     for name in c.variants:
         selective, gated = SSM_VARIANTS[name]
+        change = {"selective": selective, "gated": gated}
 
-        def build(selective=selective, gated=gated):
-            return build_mamba_lm(
-                c.vocab, c.d_model, c.n_layers, d_state=c.d_state, selective=selective, gated=gated
-            )
+        def build(change=change):
+            return zoo.build("mamba", c.model, vocab_size=c.vocab, **change)
 
-        runs.append(Run("selective_copying", name, build, task, train_config(c.train),
-                        {"selective": selective, "gated": gated}))  # fmt: skip
+        runs.append(Run("selective_copying", name, build, task, train_config(c.train), change,
+                        section="selective_copying"))  # fmt: skip
     return runs
 
 
 def induction_heads_runs(c: InductionHeadsConfig) -> list[Run]:
     runs = []
     for name in c.variants:
-        if name == "mamba":
-            lengths, build = c.test_lengths, lambda: build_mamba_lm(c.vocab, c.mamba_d_model, c.n_layers)
-        elif name == "mha_abs":
-            lengths = [n for n in c.test_lengths if n <= c.attention_max_test_len]
-            build = lambda: attention_lm(c.vocab, c.attention_d_model, c.n_layers, c.n_heads)  # noqa: E731
-        else:
-            raise ValueError(f"unknown induction_heads variant '{name}'; choose mamba or mha_abs")
+        lengths = (
+            c.test_lengths
+            if name == "mamba"
+            else [n for n in c.test_lengths if n <= c.attention_max_test_len]
+        )
         stages = [OmegaConf.to_object(s) for s in c[f"{name}_stages"]]
         train = train_config(c.train)
         label = " ".join(f"{s.steps}x{s.length}{'+shift' if s.shift else ''}" for s in stages)
@@ -132,19 +123,25 @@ def induction_heads_runs(c: InductionHeadsConfig) -> list[Run]:
         task = InductionHeads(
             c.train_len, c.vocab, tuple(lengths), c.test_size, c.max_eval_tokens, stages=tuple(stages)
         )
-        runs.append(Run("induction_heads", name, build, task, train, params))
+        arch = {"mamba": "mamba", "mha_abs": "mha"}[name]
+
+        def build(arch=arch, model=c[name]):
+            return zoo.build(arch, model, vocab_size=c.vocab)
+
+        runs.append(Run("induction_heads", name, build, task, train, params, section="induction_heads"))
     return runs
 
 
 def language_model_runs(c: LanguageModelConfig) -> list[Run]:
-    task = LanguageModelingTask(c.corpus, c.tokenizer, c.block_size, eval_batches=c.eval_batches)
-    builders = {
-        "mamba": lambda: build_mamba_lm(task.vocab_size, c.d_model, c.mamba_layers),
-        "gpt": lambda: build_gpt(
-            GPTConfig(task.vocab_size, c.block_size, c.gpt_layers, c.gpt_heads, c.d_model)
-        ),
-    }
-    return [Run("shakespeare_char", name, builders[name], task, train_config(c.train)) for name in c.variants]
+    task = LazyTask(
+        lambda: LanguageModelingTask(c.corpus, c.tokenizer, c.block_size, eval_batches=c.eval_batches)
+    )
+
+    def builder(name):
+        return lambda: zoo.build(name, c[name], vocab_size=task.task.vocab_size)
+
+    return [Run("shakespeare_char", name, builder(name), task, train_config(c.train), section="language_model")
+            for name in c.variants]  # fmt: skip
 
 
 def plan(cfg: Config) -> list[Run]:

@@ -15,20 +15,28 @@ Variants of Table 1 (selective copying):
     gated=False      "no gate": no z branch, y goes straight to out_proj
 
 Recurrent form (``step``): a state of (conv window (B, E*D, d_conv - 1), SSM state h (B, E*D, N)), updated in
-O(1) per token: the state does not grow with the position.
+O(1) per token: the state does not grow with the position. ``prefill`` runs L tokens after a state in one
+parallel scan: the scan from h = 0 plus the decayed entering state, by linearity of Eq. 2a,
 
-``build_mamba_lm``: the paper's LM, pure Mamba blocks x + mixer(RMSNorm(x)), no positions, no MLP, tied head.
+    h_t = exp(A sum_{s<=t} Δ_s) h_0 + scan_t(h = 0),    y_t gains sum_n C_t exp(A sum_{s<=t} Δ_s) h_0,
+
+and the conv window continues from the state's last d_conv - 1 inputs.
+
+``build_mamba_lm``: the paper's LM, pure Mamba blocks x + mixer(RMSNorm(x)), no positions, no MLP, tied head;
+in the model zoo as ``mamba`` (``zoo.build("mamba", MambaLMConfig(...))``).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from common.models.lm import CausalLM
+from common.models.zoo import register
 
 from .ops import selective_scan
 
@@ -112,6 +120,27 @@ class MambaMixer(nn.Module):
         y = selective_scan(x, delta, A, B, C, D, z, delta_bias, delta_softplus=True)  # (B, E*D, L)
         return self.out_proj(y.transpose(1, 2))  # (B, L, D)
 
+    def prefill(self, x: torch.Tensor, state):  # x (B, L, D) after ``state`` -> (B, L, D), state after x
+        conv_window, h0 = state
+        xz = self.in_proj(x).transpose(1, 2)  # (B, 2*E*D or E*D, L)
+        x, z = xz.chunk(2, dim=1) if self.gated else (xz, None)  # (B, E*D, L) each
+        window = torch.cat([conv_window, x], dim=-1)  # (B, E*D, d_conv - 1 + L)
+        x = F.silu(F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))  # (B, E*D, L)
+        delta, B, C, delta_bias = self._ssm_params(x)
+        A = -torch.exp(self.A_log.to(h0.dtype))  # (E*D, N)
+        y, h = selective_scan(x, delta, A, B, C, self.D.to(h0.dtype), None, delta_bias.to(h0.dtype),
+                              delta_softplus=True, return_last_state=True)  # fmt: skip
+        # the entering state h0, decayed by exp(A * cumulative Δ) (B, E*D, N, L), read out by C_t
+        dt = F.softplus(delta.to(h0.dtype) + delta_bias.to(h0.dtype)[:, None])  # (B, E*D, L)
+        decay = torch.exp(A[..., None] * dt.cumsum(-1)[:, :, None, :])  # (B, E*D, N, L)
+        C = C[:, None] if self.selective else C[..., None]  # (B, 1, N, L) or (E*D, N, 1)
+        y = y.to(h0.dtype) + (decay * h0[..., None] * C.to(h0.dtype)).sum(2)  # (B, E*D, L)
+        if z is not None:
+            y = y * F.silu(z.to(h0.dtype))
+        h = h.to(h0.dtype) + decay[..., -1] * h0  # (B, E*D, N)
+        new_window = window[..., window.shape[-1] - (self.d_conv - 1) :]  # the last d_conv - 1 inputs
+        return self.out_proj(y.to(x.dtype).transpose(1, 2)), (new_window, h)
+
     def init_state(self, batch_size: int, device=None, dtype=None):
         """(conv window (B, E*D, d_conv - 1), SSM state h (B, E*D, N)); h kept in at least fp32."""
         conv = torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype)
@@ -137,6 +166,20 @@ class MambaMixer(nn.Module):
         return self.out_proj(y.to(x.dtype)), (window[..., 1:], h)
 
 
+@dataclass
+class MambaLMConfig:
+    """The Mamba LM of ``build_mamba_lm``; vocab_size usually comes from the data, at build time."""
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    selective: bool = True
+    gated: bool = True
+
+
 def build_mamba_lm(
     vocab_size: int,
     d_model: int,
@@ -159,3 +202,8 @@ def build_mamba_lm(
         return m
 
     return CausalLM(vocab_size, d_model, n_layers, mixer_factory=mixer, mlp_factory=None, norm="rms")
+
+
+@register("mamba", MambaLMConfig)
+def build_mamba(cfg: MambaLMConfig) -> CausalLM:
+    return build_mamba_lm(**asdict(cfg))

@@ -6,9 +6,9 @@ byte-pair-encoding vocabulary (Sennrich et al. 2016). At our scale we use Multi3
 test_2016_flickr), read from ``$PAPERZOO_DATA/multi30k/{train,val,test_2016_flickr}.{de,en}.gz``
 or, when those are missing and the machine is online, from the hub dataset ``bentrevett/multi30k``.
 
-Vocabulary: one BPE model trained with ``tokenizers`` on the German and English training sentences
-(Metaspace pre-tokenisation, so decoding restores the spaces), special tokens <pad>=0, <s>=1 (BOS),
-</s>=2 (EOS), <unk>=3, cached as JSON under ``$PAPERZOO_CACHE/transformer/``.
+Vocabulary: one BPE model (``common.data.corpus.cached_bpe``, Metaspace pre-tokenisation, so
+decoding restores the spaces) trained on the German and English training sentences, special tokens
+<pad>=0, <s>=1 (BOS), </s>=2 (EOS), <unk>=3, cached as JSON under ``$PAPERZOO_CACHE/transformer/``.
 
 Batches (``common.train`` Task contract, pure in (seed, index)): pairs are shuffled once per epoch
 and padded on the right:
@@ -24,11 +24,12 @@ drawn from a vocabulary of 11 (3 of them specials: <pad>=0, <s>=1, </s>=2).
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 
-from common.data.corpus import offline
+from common.data.corpus import cached_bpe, offline
 from common.data.synthetic import generator
 from common.errors import PaperzooError
 from common.paths import cache_dir, data_dir
@@ -72,35 +73,15 @@ def load_multi30k(split: str, root: Path | None = None) -> list[tuple[str, str]]
 
 
 # ---- joint BPE vocabulary ----------------------------------------------------------------------
-def train_bpe(texts: list[str], vocab_size: int):
-    """A BPE ``tokenizers.Tokenizer`` over ``texts`` with <pad>, <s>, </s>, <unk> as ids 0-3."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(unk_token=UNK))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS, UNK], show_progress=False
-    )
-    tok.train_from_iterator(texts, trainer)
-    return tok
+def joint_bpe(path: Path, texts: Callable[[], Iterable[str]], vocab_size: int):
+    """A shared source-target BPE (Metaspace ``cached_bpe``) with <pad>, <s>, </s>, <unk> as ids 0-3."""
+    return cached_bpe(path, texts, vocab_size, special_tokens=[PAD, BOS, EOS, UNK], unk_token=UNK)
 
 
 def multi30k_bpe(vocab_size: int = 8000, root: Path | None = None, cache: Path | None = None):
     """The joint de+en BPE of the Multi30k training split, trained once and cached."""
-    from tokenizers import Tokenizer
-
     path = (cache or cache_dir() / "transformer") / f"multi30k-bpe{vocab_size}.json"
-    if path.is_file():
-        return Tokenizer.from_file(str(path))
-    pairs = load_multi30k("train", root)
-    tok = train_bpe([s for pair in pairs for s in pair], vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tok.save(str(tmp))
-    tmp.replace(path)
-    return tok
+    return joint_bpe(path, lambda: [s for pair in load_multi30k("train", root) for s in pair], vocab_size)
 
 
 def encode_pairs(tok, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
@@ -151,19 +132,11 @@ def load_wmt14(split: str, source: str = "en", target: str = "de") -> list[tuple
 
 def wmt14_bpe(source: str, target: str, vocab_size: int = 37000, cache: Path | None = None):
     """The joint BPE of a WMT14 training set (Sec. 5.1: shared vocabulary of about 37000 tokens), cached."""
-    from tokenizers import Tokenizer
-
     pair = "-".join(sorted((source, target)))
     path = (cache or cache_dir() / "transformer") / f"wmt14-{pair}-bpe{vocab_size}.json"
-    if path.is_file():
-        return Tokenizer.from_file(str(path))
-    pairs = load_wmt14("train", source, target)
-    tok = train_bpe((s for pair in pairs for s in pair), vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tok.save(str(tmp))
-    tmp.replace(path)
-    return tok
+    return joint_bpe(
+        path, lambda: (s for pair in load_wmt14("train", source, target) for s in pair), vocab_size
+    )
 
 
 class PackedPairs:

@@ -7,41 +7,35 @@
     shakespeare_char/gpt       the decoder-only descendant: nanoGPT's shakespeare_char recipe
     wmt14_en_de/base           opt-in (``wmt14.enabled=true``; internet and a big GPU): Table 2
 
-Every task has its own ``model`` and ``train`` sections; tasks load their data lazily, on the first
-batch, so ``only=[copy]`` never reads a corpus. ``train.noam_d_model`` follows ``model.d_model``
+Every task has its own ``model`` (the architecture's config dataclass: papers.transformer.model.TransformerConfig,
+common.models.gpt.GPTConfig; vocab_size is the task's, filled in at build time) and ``train`` sections; tasks
+load their data lazily, on the first batch, so ``only=[copy]`` never reads a corpus. ``train.noam_d_model`` follows ``model.d_model``
 (an interpolation in base.yaml) so the schedule of Eq. 3 always uses the model's width.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from omegaconf import MISSING
 
 from common.config import BaseConfig, TrainConfig, train_config
 from common.data.corpus import LanguageModelingTask
 from common.errors import PaperzooError
 from common.experiment import LazyTask, Run
-from common.models.gpt import GPTConfig, build_gpt
+from common.models import zoo
+from common.models.gpt import GPTConfig
 
-from .model import Transformer, TransformerConfig
+from .model import TransformerConfig
 from .task import CopyTask, Multi30kTask, WMT14Task
 
 MULTI30K_VARIANTS = ("base", "one_head", "learned_pos")
 
 
-@dataclass
-class ModelConfig:
-    """The encoder-decoder (papers.transformer.model.TransformerConfig without the vocabulary)."""
-
-    d_model: int = 256
-    n_heads: int = 8
-    d_ff: int = 1024
-    n_layers: int = 3
-    dropout: float = 0.1
-    label_smoothing: float = 0.1
-    norm_first: bool = False
-    max_len: int = 256
+def _transformer_config() -> TransformerConfig:
+    """The encoder-decoder of each task; vocab_size comes from the task when the model is built."""
+    return TransformerConfig(MISSING, d_model=256, n_heads=8, d_ff=1024, n_layers=3)
 
 
 @dataclass
@@ -49,7 +43,7 @@ class CopyConfig:
     vocab_size: int = 11  # including <pad>, <s>, </s>
     length: int = 10
     test_size: int = 200
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: TransformerConfig = field(default_factory=_transformer_config)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -61,7 +55,7 @@ class TranslationConfig:
     alpha: float = 0.6  # length penalty
     eval_batch_size: int = 64
     bleu_sentences: int | None = None  # None: the whole test set
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: TransformerConfig = field(default_factory=_transformer_config)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -81,17 +75,18 @@ class WMT14Config(TranslationConfig):
 
 
 @dataclass
-class GPTSection:
+class ShakespeareCharConfig:
     """nanoGPT's shakespeare_char (a GPT-2 on characters; common.models.gpt)."""
 
-    block_size: int = 64
-    n_layers: int = 4
-    n_heads: int = 4
-    d_model: int = 128
-    dropout: float = 0.0
-    bias: bool = False  # nanoGPT's train.py default
+    block_size: int = 64  # the training window, and the model's context
     eval_batches: int = 100  # val/loss over eval_batches x eval_batch_size random windows
     eval_batch_size: int = 32
+    # vocab_size: the corpus's; bias=False: nanoGPT's train.py default
+    model: GPTConfig = field(
+        default_factory=lambda: GPTConfig(
+            MISSING, "${..block_size}", n_layers=4, n_heads=4, d_model=128, bias=False
+        )
+    )
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -99,23 +94,8 @@ class GPTSection:
 class Config(BaseConfig):
     copy: CopyConfig = field(default_factory=CopyConfig)
     multi30k: Multi30kConfig = field(default_factory=Multi30kConfig)
-    shakespeare_char: GPTSection = field(default_factory=GPTSection)
+    shakespeare_char: ShakespeareCharConfig = field(default_factory=ShakespeareCharConfig)
     wmt14: WMT14Config = field(default_factory=WMT14Config)
-
-
-def _transformer(vocab: Callable[[], int], m: ModelConfig, **changes) -> Callable[[], Transformer]:
-    def build() -> Transformer:
-        fields_ = dict(d_model=m.d_model, n_heads=m.n_heads, d_ff=m.d_ff, n_layers=m.n_layers,
-                       dropout=m.dropout, label_smoothing=m.label_smoothing, norm_first=m.norm_first,
-                       max_len=m.max_len)  # fmt: skip
-        return Transformer(TransformerConfig(vocab_size=vocab(), **{**fields_, **changes}))
-
-    return build
-
-
-def _model_params(m: ModelConfig, **changes) -> dict[str, Any]:
-    return {**{k: getattr(m, k) for k in ("d_model", "n_heads", "d_ff", "n_layers", "dropout")},
-            "positions": "sinusoidal", **changes}  # fmt: skip
 
 
 def multi30k_variant(name: str) -> dict[str, Any]:
@@ -135,37 +115,36 @@ def plan(cfg: Config) -> list[Run]:
     runs = []
 
     c = cfg["copy"]  # (not cfg.copy: DictConfig.copy is a method)
-    copy_task = CopyTask(c.vocab_size, c.length, c.test_size)
-    runs.append(Run("copy", "transformer", _transformer(lambda: c.vocab_size, c.model), copy_task,
-                    train_config(c.train), _model_params(c.model)))  # fmt: skip
+    copy_task = CopyTask(c.vocab_size, c.length, c.test_size)  # synthetic: reads no data
+    runs.append(Run("copy", "transformer", lambda: zoo.build("transformer", c.model, vocab_size=c.vocab_size),
+                    copy_task, train_config(c.train), section="copy"))  # fmt: skip
 
     t = cfg.multi30k
     multi30k = LazyTask(lambda: Multi30kTask(t.vocab_size, t.beam_size, t.alpha, t.eval_batch_size,
                                          t.bleu_sentences, bucket=t.bucket))  # fmt: skip
     for variant in t.variants:
         change = multi30k_variant(variant)
-        runs.append(Run("multi30k", variant, _transformer(lambda: multi30k.task.vocab_size, t.model, **change),
-                        multi30k, train_config(t.train), _model_params(t.model, **change)))  # fmt: skip
+
+        def build(change=change):
+            return zoo.build("transformer", t.model, vocab_size=multi30k.task.vocab_size, **change)
+
+        runs.append(
+            Run("multi30k", variant, build, multi30k, train_config(t.train), change, section="multi30k")
+        )
 
     g = cfg.shakespeare_char
     shakespeare = LazyTask(lambda: LanguageModelingTask("tinyshakespeare", "char", block_size=g.block_size,
                                                     eval_batches=g.eval_batches,
                                                     eval_batch_size=g.eval_batch_size))  # fmt: skip
-
-    def gpt():
-        return build_gpt(GPTConfig(vocab_size=shakespeare.task.vocab_size, block_size=g.block_size,
-                                   n_layers=g.n_layers, n_heads=g.n_heads, d_model=g.d_model,
-                                   dropout=g.dropout, bias=g.bias))  # fmt: skip
-
-    runs.append(Run("shakespeare_char", "gpt", gpt, shakespeare, train_config(g.train),
-                    {k: getattr(g, k) for k in ("block_size", "n_layers", "n_heads", "d_model", "dropout",
-                                                "bias")}))  # fmt: skip
+    runs.append(Run("shakespeare_char", "gpt", lambda: zoo.build("gpt", g.model, vocab_size=shakespeare.task.vocab_size),
+                    shakespeare, train_config(g.train), section="shakespeare_char"))  # fmt: skip
 
     w = cfg.wmt14
     if w.enabled:
         wmt = LazyTask(lambda: WMT14Task(w.source, w.target, w.vocab_size, w.beam_size, w.alpha,
                                      w.eval_batch_size, w.bleu_sentences, bucket=w.bucket,
                                      max_train_pairs=w.max_train_pairs, max_tokens=w.max_tokens))  # fmt: skip
-        runs.append(Run(f"wmt14_{w.source}_{w.target}", w.variant, _transformer(lambda: wmt.task.vocab_size, w.model),
-                        wmt, train_config(w.train), _model_params(w.model)))  # fmt: skip
+        runs.append(Run(f"wmt14_{w.source}_{w.target}", w.variant,
+                        lambda: zoo.build("transformer", w.model, vocab_size=wmt.task.vocab_size),
+                        wmt, train_config(w.train), section="wmt14"))  # fmt: skip
     return runs

@@ -24,6 +24,8 @@ runs one position at a time with a cache of each layer's self-attention keys and
 encoder-decoder keys and values computed once, so a step costs O(t) attention instead of
 recomputing the prefix; ``decode_step`` equals the last position of ``decode`` (tested).
 
+In the model zoo as ``transformer`` (``zoo.build("transformer", TransformerConfig(...))``).
+
 Batch contract of the shared loop, ``model(batch) -> loss``: ``{"src": (B, S), "tgt_in": (B, T),
 "tgt_out": (B, T)}`` right-padded with ``pad_id``; tgt_in = [bos] + y and tgt_out = y + [eos].
 """
@@ -39,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.models.attention import MultiHeadAttention, attention, merge_heads, split_heads
-from common.models.lm import sinusoidal_positions
+from common.models.lm import position_embedding
+from common.models.zoo import register
 
 
 @dataclass
@@ -131,6 +134,7 @@ class DecoderLayer(nn.Module):
         return self.res_ffn(y, self.ffn)
 
 
+@register("transformer", TransformerConfig)
 class Transformer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -161,17 +165,11 @@ class Transformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L, D)
-        length = tokens.shape[1]
+    def _embed(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:  # (B, L) -> (B, L, D)
+        """Embed * sqrt(d_model) + the positions start .. start + L - 1 (Sec. 3.4, 3.5), then dropout."""
         x = self.embed(tokens) * math.sqrt(self.cfg.d_model)
-        pos = torch.arange(length, device=tokens.device)
-        if self.pos_embed is not None:
-            if length > self.cfg.max_len:
-                raise ValueError(f"sequence length {length} exceeds max_len {self.cfg.max_len}")
-            x = x + self.pos_embed(pos)
-        else:
-            x = x + sinusoidal_positions(pos, self.cfg.d_model).to(x.dtype)
-        return self.drop(x)
+        pe = position_embedding(tokens.shape[1], start, self.cfg.d_model, self.pos_embed, tokens.device)
+        return self.drop(x + pe.to(x.dtype))
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """src (B, S) -> memory (B, S, D) and the source keep-mask (B, 1, 1, S)."""
@@ -196,32 +194,22 @@ class Transformer(nn.Module):
             attn = layer.cross_attn
             cross.append((split_heads(attn.k_proj(memory), attn.n_heads),
                           split_heads(attn.v_proj(memory), attn.n_heads)))  # fmt: skip
-        return {"pos": 0, "src_keep": src_keep, "cross": cross, "self": [None] * len(self.decoder)}
+        caches = [
+            layer.self_attn.init_state(memory.shape[0], memory.device, memory.dtype) for layer in self.decoder
+        ]
+        return {"pos": 0, "src_keep": src_keep, "cross": cross, "self": caches}
 
     def decode_step(self, tokens: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         """Next-token logits (N, V) after ``tokens`` (N,) at position ``state["pos"]``; the state advances."""
-        pos = state["pos"]
-        x = self.embed(tokens[:, None]) * math.sqrt(self.cfg.d_model)  # (N, 1, D)
-        position = torch.tensor([pos], device=tokens.device)
-        if self.pos_embed is not None:
-            if pos >= self.cfg.max_len:
-                raise ValueError(f"sequence length {pos + 1} exceeds max_len {self.cfg.max_len}")
-            x = x + self.pos_embed(position)
-        else:
-            x = x + sinusoidal_positions(position, self.cfg.d_model).to(x.dtype)
-        x = self.drop(x)
+        x = self._embed(tokens[:, None], start=state["pos"])  # (N, 1, D)
         caches = []
         for layer, (ck, cv), cache in zip(self.decoder, state["cross"], state["self"]):
-            sa, ca = layer.self_attn, layer.cross_attn
+            ca = layer.cross_attn
 
-            def self_attn(h, sa=sa, cache=cache):
-                q = split_heads(sa.q_proj(h), sa.n_heads)  # (N, H, 1, Dh)
-                k = split_heads(sa.k_proj(h), sa.n_heads)
-                v = split_heads(sa.v_proj(h), sa.n_heads)
-                if cache is not None:
-                    k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)  # (N, H, t+1, Dh)
-                caches.append((k, v))
-                return sa.out_proj(merge_heads(attention(q, k, v)))  # the newest query sees every key
+            def self_attn(h, sa=layer.self_attn, cache=cache):  # the KV-cached step of MultiHeadAttention
+                y, grown = sa.prefill(h, cache)
+                caches.append(grown)
+                return y
 
             def cross_attn(h, ca=ca, ck=ck, cv=cv):
                 q = split_heads(ca.q_proj(h), ca.n_heads)
@@ -231,7 +219,7 @@ class Transformer(nn.Module):
             x = layer.res_cross(x, cross_attn)
             x = layer.res_ffn(x, layer.ffn)
         logits = F.linear(self.dec_norm(x[:, 0]), self.embed.weight)  # (N, V)
-        return logits, {**state, "pos": pos + 1, "self": caches}
+        return logits, {**state, "pos": state["pos"] + 1, "self": caches}
 
     @staticmethod
     def reorder_decoding(state: dict, index: torch.Tensor) -> dict:
@@ -239,7 +227,7 @@ class Transformer(nn.Module):
 
         Only valid when every row and its parent share the encoder memory (beams of one sentence).
         """
-        caches = [(k.index_select(0, index), v.index_select(0, index)) for k, v in state["self"]]
+        caches = [{name: kv.index_select(0, index) for name, kv in cache.items()} for cache in state["self"]]
         return {**state, "self": caches}
 
     def logits(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from common.decoding import greedy
 from papers.transformer.data import (
     BOS_ID,
     COPY_LENGTH,
@@ -34,8 +35,13 @@ from papers.transformer.data import (
     translation_batch,
     wmt14_bpe,
 )
-from papers.transformer.decode import greedy_decode, translate
+from papers.transformer.decode import TransformerDecoder, translate
 from papers.transformer.model import Transformer, label_smoothed_cross_entropy
+
+
+def target_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """The tokens the loss is computed on (``tokens_per_s`` of common.train): ``tgt_out`` without padding."""
+    return int((batch["tgt_out"] != PAD_ID).sum())
 
 
 class CopyTask:
@@ -49,10 +55,13 @@ class CopyTask:
     def batch(self, split: str, index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
         return copy_task_batch(index, batch_size, seed, self.vocab_size, self.length, split=split)
 
+    def target_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return target_tokens(batch)
+
     def evaluate(self, model: Transformer, device: torch.device) -> dict[str, float]:
         val = {k: v.to(device) for k, v in self.batch("val", 0, self.test_size, self.seed).items()}
         test = self.batch("test", 0, self.test_size, self.seed)["src"]
-        hyps = greedy_decode(model, test.to(device), BOS_ID, EOS_ID, max_len=self.length + 1)
+        hyps = greedy(TransformerDecoder(model, max_len=self.length + 1), test.to(device), BOS_ID, EOS_ID)
         exact = sum(h == x for h, x in zip(hyps, test.tolist())) / len(hyps)
         return {"val/loss": model(val).item(), "test/exact_match": exact}
 
@@ -81,6 +90,9 @@ class Multi30kTask:
     def batch(self, split: str, index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
         examples = self.examples["val" if split == "test" else split]
         return translation_batch(examples, index, batch_size, seed, bucket=self.bucket)
+
+    def target_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return target_tokens(batch)
 
     def evaluate(self, model: Transformer, device: torch.device) -> dict[str, float]:
         val = self.examples["val"]

@@ -6,40 +6,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common.models.lm import state_tensors
+from common.testing import check_mixer
 from papers.mamba.model import MambaMixer, build_mamba_lm
 
 VARIANTS = [(True, True), (True, False), (False, True), (False, False)]  # (selective, gated)
 
 
-def run_steps(mixer, x):
-    state = mixer.init_state(x.shape[0], x.device, x.dtype)
-    ys = []
-    for t in range(x.shape[1]):
-        y, state = mixer.step(x[:, t], state)
-        ys.append(y)
-    return torch.stack(ys, dim=1), state
-
-
 @pytest.mark.parametrize("selective,gated", VARIANTS)
-def test_mixer_step_equals_forward(selective, gated):
-    torch.manual_seed(0)
-    mixer = MambaMixer(16, d_state=4, d_conv=3, selective=selective, gated=gated).double()
-    x = torch.randn(2, 23, 16, dtype=torch.float64)
-    y_steps, (conv_window, h) = run_steps(mixer, x)
+def test_mixer_keeps_the_mixer_contract(selective, gated):
+    check_mixer(lambda: MambaMixer(16, d_state=4, d_conv=3, selective=selective, gated=gated), d_model=16)
+
+
+def test_recurrent_state_shapes():
+    mixer = MambaMixer(16, d_state=4, d_conv=3).eval()
+    with torch.no_grad():
+        _, (conv_window, h) = mixer.prefill(torch.randn(2, 9, 16), mixer.init_state(2))
     assert conv_window.shape == (2, 32, 2) and h.shape == (2, 32, 4)  # (B, E*D, d_conv - 1), (B, E*D, N)
-    torch.testing.assert_close(y_steps, mixer(x), rtol=1e-10, atol=1e-10)
-
-
-@pytest.mark.parametrize("selective,gated", VARIANTS)
-def test_mixer_is_causal(selective, gated):
-    torch.manual_seed(0)
-    mixer = MambaMixer(8, d_state=4, selective=selective, gated=gated).double()
-    x = torch.randn(1, 20, 8, dtype=torch.float64)
-    x2 = x.clone()
-    x2[:, 12:] += 1.0
-    y, y2 = mixer(x), mixer(x2)
-    torch.testing.assert_close(y[:, :12], y2[:, :12], rtol=0, atol=1e-12)
-    assert (y[:, 12:] - y2[:, 12:]).abs().max() > 1e-3
 
 
 def test_lm_step_equals_logits():
@@ -65,15 +48,28 @@ def test_lm_step_equals_logits_float32_and_generates():
     assert torch.equal(logits.argmax(-1), out[:, 8:])
 
 
-def test_recurrent_state_is_flat():
+def test_lm_recurrent_state_is_flat():
     lm = build_mamba_lm(vocab_size=7, d_model=16, n_layers=2).eval()
     state = lm.init_state(1)
     sizes = []
     with torch.no_grad():
         for t in range(50):
             _, state = lm.step(torch.tensor([t % 7]), state)
-            sizes.append(sum(x.numel() for layer in state["layers"] for x in layer))
-    assert len(set(sizes)) == 1
+            sizes.append(sum(x.numel() for x in state_tensors(state["layers"])))
+    assert len(set(sizes)) == 1 and sizes[0] > 0
+
+
+def test_lm_prefill_then_step_equals_logits():
+    torch.manual_seed(0)
+    lm = build_mamba_lm(vocab_size=13, d_model=16, n_layers=2, d_state=4).double()
+    idx = torch.randint(0, 13, (2, 31))
+    with torch.no_grad():
+        first, state = lm.prefill(idx[:, :20], lm.init_state(2))
+        second, state = lm.prefill(idx[:, 20:30], state)
+        last, state = lm.step(idx[:, 30], state)
+        full = lm.logits(idx)
+    torch.testing.assert_close(torch.cat([first, second, last[:, None]], 1), full, rtol=0, atol=1e-10)
+    assert state["pos"] == 31
 
 
 def test_paper_initialisation():

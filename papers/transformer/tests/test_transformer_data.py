@@ -18,10 +18,10 @@ from papers.transformer.data import (
     detokenize,
     encode_packed,
     encode_pairs,
+    joint_bpe,
     load_multi30k,
     load_wmt14,
     multi30k_bpe,
-    train_bpe,
     translation_batch,
 )
 from papers.transformer.decode import translate
@@ -106,8 +106,8 @@ def test_bucketed_batches_keep_the_epoch_and_group_lengths():
     assert not torch.equal(nxt["src"], translation_batch(examples, 0, 20, seed=3, bucket=10)["src"])
 
 
-def test_packed_pairs_are_a_compact_list_of_pairs():
-    tok = train_bpe(DE + EN, 120)
+def test_packed_pairs_are_a_compact_list_of_pairs(tmp_path):
+    tok = joint_bpe(tmp_path / "bpe.json", lambda: DE + EN, 120)
     pairs = list(zip(EN, DE))
     packed = encode_packed(tok, pairs, chunk=5)
     assert isinstance(packed, PackedPairs) and len(packed) == len(pairs)

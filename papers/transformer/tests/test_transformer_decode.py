@@ -1,12 +1,14 @@
-"""Greedy decoding, beam search (Sec. 6.1) and the copy task sanity check."""
+"""Greedy decoding and beam search (Sec. 6.1; common.decoding via TransformerDecoder), the copy task."""
 
 import pytest
 import torch
 
+from common.config import Optimizer, Schedule, TrainConfig
+from common.decoding import beam_search, greedy, length_penalty
+from common.train import build_optimizer, build_scheduler
 from papers.transformer.data import BOS_ID, COPY_VOCAB, EOS_ID, copy_task_batch
-from papers.transformer.decode import beam_search, greedy_decode, length_penalty
+from papers.transformer.decode import TransformerDecoder
 from papers.transformer.model import Transformer, TransformerConfig
-from papers.transformer.training import paper_optimizer
 
 
 def _random_model(**overrides):
@@ -15,6 +17,15 @@ def _random_model(**overrides):
         **{**dict(vocab_size=13, d_model=16, n_heads=2, d_ff=32, n_layers=2), **overrides}
     )
     return Transformer(cfg).eval()
+
+
+def greedy_decode(model, src, max_len=None):
+    return greedy(TransformerDecoder(model, max_len), src, BOS_ID, EOS_ID)
+
+
+def best_of_beam(model, src, beam_size, alpha=0.6, max_len=None):
+    n_best = beam_search(TransformerDecoder(model, max_len), src, BOS_ID, EOS_ID, beam_size, alpha)
+    return [hyps[0][0] for hyps in n_best]
 
 
 def _src():
@@ -61,7 +72,7 @@ def test_greedy_decode_equals_recomputing_the_prefix():
     for _ in range(10):  # the reference: the whole prefix through the decoder at every step
         ys = torch.cat([ys, model.decode(ys, memory, src_keep)[:, -1].argmax(-1, keepdim=True)], dim=1)
     expected = [row[: row.index(EOS_ID)] if EOS_ID in row else row for row in ys[:, 1:].tolist()]
-    assert greedy_decode(model, src, BOS_ID, EOS_ID, max_len=10) == expected
+    assert greedy_decode(model, src, max_len=10) == expected
 
 
 def test_length_penalty_is_gnmt():
@@ -74,15 +85,14 @@ def test_length_penalty_is_gnmt():
 def test_beam_one_equals_greedy(overrides):
     model = _random_model(**overrides)
     src = _src()
-    greedy = greedy_decode(model, src, BOS_ID, EOS_ID, max_len=12)
-    assert greedy == beam_search(model, src, BOS_ID, EOS_ID, beam_size=1, max_len=12)
+    assert greedy_decode(model, src, max_len=12) == best_of_beam(model, src, 1, max_len=12)
 
 
-def test_beam_search_returns_its_best_penalised_hypothesis():
+def test_beam_search_returns_scored_n_best_lists():
     model = _random_model()
     src = _src()
-    hyps = beam_search(model, src, BOS_ID, EOS_ID, beam_size=4, alpha=0.6, max_len=8)
-    assert len(hyps) == src.shape[0]
+    n_best = beam_search(TransformerDecoder(model, max_len=8), src, BOS_ID, EOS_ID, beam_size=4, alpha=0.6)
+    assert len(n_best) == src.shape[0]
 
     def score(i, tokens):  # log P(tokens + EOS | src_i) / lp, or without EOS at the length limit
         full = tokens + ([EOS_ID] if len(tokens) < 8 else [])
@@ -90,10 +100,15 @@ def test_beam_search_returns_its_best_penalised_hypothesis():
         logp = model.logits(src[i : i + 1], tgt_in).log_softmax(-1)[0]
         return logp[torch.arange(len(full)), full].sum().item() / length_penalty(len(full), 0.6)
 
-    greedy = greedy_decode(model, src, BOS_ID, EOS_ID, max_len=8)
-    for i, (b, g) in enumerate(zip(hyps, greedy)):
-        assert EOS_ID not in b and BOS_ID not in b
-        assert score(i, b) >= score(i, g) - 1e-5  # here beam search never does worse than greedy
+    greedy_hyps = greedy_decode(model, src, max_len=8)
+    for i, (hyps, g) in enumerate(zip(n_best, greedy_hyps)):
+        assert len(hyps) >= 1 and [s for _, s in hyps] == sorted((s for _, s in hyps), reverse=True)
+        for tokens, s in hyps:  # each score is the hypothesis's penalised log-probability
+            assert EOS_ID not in tokens and BOS_ID not in tokens
+            assert s == pytest.approx(score(i, tokens), abs=1e-5)
+        assert hyps[0][1] >= score(i, g) - 1e-5  # here beam search never does worse than greedy
+    top2 = beam_search(TransformerDecoder(model, max_len=8), src, BOS_ID, EOS_ID, 4, 0.6, n_best=2)
+    assert top2 == [hyps[:2] for hyps in n_best]
 
 
 @pytest.mark.slow
@@ -107,7 +122,10 @@ def test_copy_task_is_learned_exactly():
             vocab_size=COPY_VOCAB, d_model=32, n_heads=4, d_ff=64, n_layers=2, dropout=0.0
         )
         model = Transformer(cfg)
-        opt, sched = paper_optimizer(model, cfg.d_model, warmup_steps=100, factor=0.5)
+        train_cfg = TrainConfig(optimizer=Optimizer.adam, beta2=0.98, eps=1e-9, weight_decay=0.0, lr=0.5,
+                                schedule=Schedule.noam, noam_d_model=cfg.d_model, warmup_steps=100)  # fmt: skip
+        opt = build_optimizer(model, train_cfg, torch.device("cpu"))  # Sec. 5.3: Adam, Eq. 3
+        sched = build_scheduler(opt, train_cfg)
         for step in range(600):
             loss = model(copy_task_batch(step, 32, seed=0))
             opt.zero_grad()
@@ -119,5 +137,5 @@ def test_copy_task_is_learned_exactly():
     model.eval()
     test = copy_task_batch(0, 100, seed=1)  # unseen sequences
     expected = test["src"].tolist()
-    assert greedy_decode(model, test["src"], BOS_ID, EOS_ID) == expected
-    assert beam_search(model, test["src"][:20], BOS_ID, EOS_ID, beam_size=4) == expected[:20]
+    assert greedy_decode(model, test["src"]) == expected
+    assert best_of_beam(model, test["src"][:20], 4) == expected[:20]

@@ -1,6 +1,5 @@
 """Transformer encoder-decoder: loss, LR schedule, masks, variants, checkpoint averaging."""
 
-import functools
 import math
 
 import pytest
@@ -8,8 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from common.checkpoint import average_checkpoints
+from common.config import Optimizer, Schedule, TrainConfig
+from common.train import build_optimizer, lr_multiplier, train
 from papers.transformer.model import Transformer, TransformerConfig, label_smoothed_cross_entropy
-from papers.transformer.training import paper_optimizer, transformer_lr
+from papers.transformer.task import CopyTask
 
 TINY = dict(vocab_size=23, d_model=16, n_heads=2, d_ff=32, n_layers=2, dropout=0.0)
 
@@ -45,28 +46,43 @@ def test_label_smoothed_loss_matches_its_formula():
     torch.testing.assert_close(label_smoothed_cross_entropy(logits, target, eps=0.0).double(), plain)
 
 
+def eq3(step_num: int, d_model: int, warmup_steps: int) -> float:
+    """Sec. 5.3, Eq. 3: lrate = d_model^-0.5 * min(step_num^-0.5, step_num * warmup_steps^-1.5)."""
+    return d_model**-0.5 * min(step_num**-0.5, step_num * warmup_steps**-1.5)
+
+
 def test_lr_schedule_values():
     d, w = 512, 4000
-    assert transformer_lr(0, d, w) == pytest.approx(d**-0.5 * w**-1.5)  # step_num 1
-    assert transformer_lr(w - 1, d, w) == pytest.approx((d * w) ** -0.5)  # the peak, 6.99e-4
-    assert transformer_lr(w - 1, d, w) == pytest.approx(6.988e-4, rel=1e-3)
-    assert transformer_lr(4 * w - 1, d, w) == pytest.approx(0.5 * (d * w) ** -0.5)  # 1/sqrt decay
-    assert transformer_lr(w // 2 - 1, d, w) == pytest.approx(0.5 * (d * w) ** -0.5)  # linear warm-up
-    assert transformer_lr(9, d, w, factor=2.0) == pytest.approx(2 * transformer_lr(9, d, w))
+    cfg = TrainConfig(schedule=Schedule.noam, noam_d_model=d, warmup_steps=w)
+    for step in (0, 1, w // 2 - 1, w - 2, w - 1, w, 4 * w - 1, 100_000):
+        assert lr_multiplier(cfg, step) == pytest.approx(eq3(step + 1, d, w))  # LambdaLR's step is 0-based
+    assert lr_multiplier(cfg, w - 1) == pytest.approx(6.988e-4, rel=1e-3)  # the peak, (d * w)^-0.5
+    assert lr_multiplier(cfg, 4 * w - 1) == pytest.approx(0.5 * (d * w) ** -0.5)  # 1/sqrt decay
+    assert lr_multiplier(cfg, w // 2 - 1) == pytest.approx(0.5 * (d * w) ** -0.5)  # linear warm-up
 
 
-def test_paper_optimizer_follows_the_schedule():
-    model = Transformer(TransformerConfig(**TINY))
-    opt, sched = paper_optimizer(model, d_model=16, warmup_steps=10)
-    assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-9
-    for step in range(15):
-        assert opt.param_groups[0]["lr"] == pytest.approx(transformer_lr(step, 16, 10))
-        opt.step()
-        sched.step()
-    lam = torch.optim.lr_scheduler.LambdaLR(
-        opt, functools.partial(transformer_lr, d_model=16, warmup_steps=10)
-    )
-    assert lam.get_last_lr()[0] == pytest.approx(transformer_lr(0, 16, 10))
+class LrRecorder:
+    def __init__(self):
+        self.lr = {}
+
+    def log_metrics(self, metrics, step):
+        if "lr" in metrics:
+            self.lr[step] = metrics["lr"]
+
+
+def test_the_training_loop_runs_adam_with_eq3():
+    """The optimiser and learning rate the shared loop runs for the translation presets (Sec. 5.3)."""
+    cfg = TrainConfig(max_steps=15, batch_size=4, optimizer=Optimizer.adam, beta2=0.98, eps=1e-9, lr=2.0,
+                      schedule=Schedule.noam, noam_d_model=16, warmup_steps=10, weight_decay=0.0, log_every=1,
+                      ckpt_every=0)  # fmt: skip
+    model = Transformer(TransformerConfig(**{**TINY, "vocab_size": 11}))
+    optimizer = build_optimizer(model, cfg, torch.device("cpu"))
+    assert isinstance(optimizer, torch.optim.Adam) and not isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["eps"] == 1e-9
+    sink = LrRecorder()
+    train(model, CopyTask(test_size=4), cfg, tracker=sink, progress=False)
+    # logged after update k (1-based): the rate of the next update, step_num = k + 1
+    assert sink.lr == pytest.approx({k: 2.0 * eq3(k + 1, 16, 10) for k in range(1, 16)})
 
 
 @pytest.mark.parametrize(

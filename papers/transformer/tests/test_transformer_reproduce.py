@@ -47,8 +47,8 @@ def test_presets_follow_the_recipes():
     for scale, recipe in (("cpu", (4, 4, 128, 64, 12, 2000, 0.0)), ("gpu", (6, 6, 384, 256, 64, 5000, 0.2))):
         cfg, runs = _plan(f"scale={scale}")
         g = cfg.shakespeare_char  # nanoGPT's shakespeare_char CPU / GPU recipes
-        shape = (g.n_layers, g.n_heads, g.d_model, g.block_size)
-        assert (*shape, g.train.batch_size, g.train.max_steps, g.dropout) == recipe
+        shape = (g.model.n_layers, g.model.n_heads, g.model.d_model, g.model.block_size)
+        assert (*shape, g.train.batch_size, g.train.max_steps, g.model.dropout) == recipe
         assert (g.train.lr, g.train.min_lr) == (1e-3, 1e-4)
         base = runs["multi30k/base"].train
         assert (base.optimizer.value, base.schedule.value, base.beta2, base.eps) == (
@@ -59,10 +59,11 @@ def test_presets_follow_the_recipes():
         )
         assert base.noam_d_model == cfg.multi30k.model.d_model  # Eq. 3 uses the model's width
         params = {v: runs[f"multi30k/{v}"].params for v in ("base", "one_head", "learned_pos")}
-        assert (params["base"]["n_heads"], params["one_head"]["n_heads"]) == ({"cpu": 4, "gpu": 8}[scale], 1)
+        assert cfg.multi30k.model.n_heads == {"cpu": 4, "gpu": 8}[scale]
+        assert cfg.multi30k.model.positions == "sinusoidal"
+        assert params == {"base": {}, "one_head": {"n_heads": 1}, "learned_pos": {"positions": "learned"}}
+        assert {runs[f"multi30k/{v}"].section for v in params} == {"multi30k"}
         assert base.average_last == 5  # Sec. 6.1: the base model averages its last 5 checkpoints
-        assert params["one_head"]["d_model"] == params["base"]["d_model"]
-        assert (params["base"]["positions"], params["learned_pos"]["positions"]) == ("sinusoidal", "learned")
     gpu = _plan("scale=gpu")[0].multi30k.model
     assert (gpu.n_layers, gpu.d_model, gpu.n_heads) == (3, 256, 8)  # the small Transformer of the claim
     _, runs = _plan("scale=gpu", "wmt14.enabled=true")
@@ -73,8 +74,8 @@ def test_variants_share_the_task_and_differ_only_where_they_should():
     _, runs = _plan("scale=smoke")
     base, one, learned = (runs[f"multi30k/{v}"] for v in ("base", "one_head", "learned_pos"))
     assert base.data is one.data is learned.data  # one tokenizer and dataset, loaded once
-    assert {k for k in base.params if base.params[k] != one.params[k]} == {"n_heads"}
-    assert {k for k in base.params if base.params[k] != learned.params[k]} == {"positions"}
+    # each variant's params: its change to the section's model (Table 3 rows A and E)
+    assert (base.params, one.params, learned.params) == ({}, {"n_heads": 1}, {"positions": "learned"})
 
 
 def test_bad_overrides_are_one_line_errors(lab):
@@ -106,5 +107,6 @@ def test_smoke_reproduction_writes_the_report_from_mlflow(lab):
         assert run.info.status == "FINISHED" and run.info.run_id in readme
         assert expected[run.data.tags["task"]] in run.data.metrics
         assert run.data.tags["preset"] == "smoke" and "train.noam_d_model" in run.data.params
-    heads = {r.data.tags["variant"]: r.data.params["run.n_heads"] for r in runs}
+    heads = {r.data.tags["variant"]: r.data.params.get("run.n_heads", r.data.params.get("multi30k.model.n_heads"))
+             for r in runs}  # fmt: skip
     assert (heads["base"], heads["one_head"]) == ("4", "1")

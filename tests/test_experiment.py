@@ -1,0 +1,156 @@
+"""The plugin contract (common.experiment): claims parsed once, validated against the plan before training."""
+
+import copy
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.config import load_config
+from common.errors import PaperzooError
+from common.experiment import LazyTask, Paper, Run, load_paper, parse_claims, validate
+from common.paths import REPO_ROOT
+from common.testing import assert_one_line_error, run_cli
+
+FILE = "papers/_template/paper.yaml"
+TEMPLATE = yaml.safe_load((REPO_ROOT / FILE).read_text())
+
+
+def claims_with(change) -> list[dict]:
+    claims = copy.deepcopy(TEMPLATE["claims"])
+    change(claims)
+    return claims
+
+
+def one_line_error(call, *needles: str) -> str:
+    with pytest.raises(PaperzooError) as err:
+        call()
+    message = str(err.value)
+    assert "\n" not in message, message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("change", "needles"),
+    [
+        (lambda c: c[1].update(mesure=c[1].pop("measure")), ("claim 'mlp-solves-rings'", "unknown key 'mesure'")),
+        (lambda c: c[0]["measure"].update(metrc="x"), ("claim 'hidden-layer-helps', measure", "unknown key 'metrc'")),
+        (lambda c: c[0]["measure"].pop("metric"), ("claim 'hidden-layer-helps', measure", "missing key 'metric'")),
+        (lambda c: c[1].pop("statement"), ("claim 'mlp-solves-rings'", "missing key 'statement'")),
+        (lambda c: c[1]["criteria"].update(cpu="at least 0.95"), ("claim 'mlp-solves-rings', criteria.cpu", "bad criterion")),
+        (lambda c: c[1]["criteria"].update(tpu=">= 1"), ("claim 'mlp-solves-rings'", "criteria preset 'tpu'")),
+        (lambda c: c[1]["measure"].update(reduce="median"), ("claim 'mlp-solves-rings'", "measure.reduce 'median'")),
+        (lambda c: c[1].update(requires="hidden-layer-help"), ("claim 'mlp-solves-rings'", "requires 'hidden-layer-help'")),
+        (lambda c: c[1].update(id="hidden-layer-helps"), ("claim 'hidden-layer-helps'", "earlier claim")),
+    ],
+)  # fmt: skip
+def test_a_bad_claim_is_one_line_naming_file_claim_and_key(change, needles):
+    one_line_error(lambda: parse_claims(claims_with(change), FILE), FILE, *needles)
+
+
+def test_claims_parse_into_typed_objects():
+    helps, solves = parse_claims(TEMPLATE["claims"], FILE)
+    assert (helps.measure.task, helps.measure.variants, helps.measure.reduce) == (
+        "rings",
+        ("mlp", "linear"),
+        "mean",
+    )
+    assert helps.criterion("smoke").holds(0.06) and not helps.criterion("smoke").holds(0.04)
+    assert solves.criterion("smoke") is None and solves.criterion("cpu").text == ">= 0.95"
+    assert helps.measures("rings", "linear") and not solves.measures("rings", "linear")
+
+
+@pytest.fixture
+def template():
+    paper = load_paper("template")
+    cfg = load_config(paper.schema, paper.path / "configs", ["scale=smoke"])
+    return paper, cfg, paper.plan(cfg)
+
+
+def with_claims(paper: Paper, change, path: Path | None = None) -> Paper:
+    claims = parse_claims(claims_with(change), FILE)
+    return Paper(paper.slug, path or paper.path, paper.meta, paper.module, claims)
+
+
+def test_every_paper_validates_at_every_preset():
+    for name in ("template", "mamba", "transformer"):
+        paper = load_paper(name)
+        for scale in ("smoke", "cpu", "gpu"):
+            cfg = load_config(paper.schema, paper.path / "configs", [f"scale={scale}"])
+            validate(paper, cfg, paper.plan(cfg))
+
+
+def test_a_claim_the_plan_does_not_run_fails_unless_opt_in(template):
+    paper, cfg, runs = template
+    bad = with_claims(paper, lambda c: c[1]["measure"].update(variant="mpl"))
+    one_line_error(
+        lambda: validate(bad, cfg, runs),
+        FILE,
+        "claim 'mlp-solves-rings'",
+        "measure.variant",
+        "rings/mpl",
+        "opt_in",
+    )
+    bad = with_claims(paper, lambda c: c[0]["measure"].update(relative_to="linaer"))
+    one_line_error(
+        lambda: validate(bad, cfg, runs), "claim 'hidden-layer-helps'", "measure.relative_to", "rings/linaer"
+    )
+    bad = with_claims(paper, lambda c: c[1]["measure"].update(task="ring"))
+    one_line_error(lambda: validate(bad, cfg, runs), "claim 'mlp-solves-rings'", "measure.task", "ring/mlp")
+    opt_in = with_claims(
+        paper, lambda c: c[1].update(opt_in="needs a GPU", measure={**c[1]["measure"], "task": "big"})
+    )
+    validate(opt_in, cfg, runs)
+
+
+def test_missing_preset_duplicate_run_and_unknown_section_fail(template, tmp_path):
+    paper, cfg, runs = template
+    shutil.copytree(paper.path / "configs", tmp_path / "configs")
+    (tmp_path / "configs" / "gpu.yaml").unlink()
+    moved = Paper(paper.slug, tmp_path, paper.meta, paper.module, paper.claims)
+    one_line_error(lambda: validate(moved, cfg, runs), "configs/gpu.yaml is missing")
+    one_line_error(lambda: validate(paper, cfg, [*runs, runs[0]]), "experiment.py", "'rings/mlp' twice")
+    sectioned = Run("rings", "wide", runs[0].build_model, runs[0].data, runs[0].train, section="ringz")
+    one_line_error(lambda: validate(paper, cfg, [*runs, sectioned]), "rings/wide", "section 'ringz'")
+
+
+def test_lazy_task_builds_nothing_until_used():
+    built = []
+    task = LazyTask(lambda: built.append(1) or "the task")
+    assert built == []
+    assert task.task == "the task" and task.task == "the task" and built == [1]
+
+
+@pytest.fixture
+def lab_copy(tmp_path):
+    """A scratch copy of the lab (common/ and the template) whose papers the test may break."""
+    repo = tmp_path / "lab"
+    (repo / "papers").mkdir(parents=True)
+    shutil.copytree(REPO_ROOT / "common", repo / "common", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO_ROOT / "papers" / "_template", repo / "papers" / "_template",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copy(REPO_ROOT / "papers" / "__init__.py", repo / "papers")
+    return repo
+
+
+def test_a_paper_yaml_typo_fails_in_seconds_before_any_training(lab_copy, lab):
+    yaml_file = lab_copy / "papers" / "_template" / "paper.yaml"
+    yaml_file.write_text(yaml_file.read_text().replace("    measure: {task: rings, variant: mlp, metric: test/acc}\n",
+                                                       "    mesure: {task: rings, variant: mlp, metric: test/acc}\n"))  # fmt: skip
+    started = time.monotonic()
+    result = run_cli("-m", "common.reproduce", "template", "scale=smoke", cwd=lab_copy)
+    seconds = time.monotonic() - started
+    assert_one_line_error(result, FILE, "claim 'mlp-solves-rings'", "unknown key 'mesure'")
+    assert seconds < 5, seconds
+    assert not (lab / "runs").exists() and not (lab / "mlflow.db").exists()  # nothing trained or logged
+
+
+def test_a_paper_module_without_plan_is_one_line(lab_copy, lab):
+    source = lab_copy / "papers" / "_template" / "experiment.py"
+    source.write_text(source.read_text().replace("def plan(", "def plan_runs("))
+    result = run_cli("-m", "common.reproduce", "template", "scale=smoke", cwd=lab_copy)
+    assert_one_line_error(result, "papers/_template/experiment.py must define plan(cfg)")

@@ -1,0 +1,56 @@
+"""`nox -s mlflow-ui`: a SIGTERM to nox stops the MLflow server and frees its port."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from common.paths import REPO_ROOT
+from common.testing import lab_env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+def test_sigterm_to_nox_stops_the_server(tmp_path):
+    port = free_port()
+    nox = subprocess.Popen([sys.executable, "-m", "nox", "-s", "mlflow-ui", "--", "--port", str(port)],
+                           cwd=REPO_ROOT, env={**os.environ, **lab_env(tmp_path)},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 90
+        while not answers(port):
+            assert nox.poll() is None, "nox -s mlflow-ui exited before the server answered"
+            assert time.time() < deadline, "the MLflow server did not answer /health within 90 s"
+            time.sleep(0.5)
+        nox.send_signal(signal.SIGTERM)
+        nox.wait(timeout=15)
+        deadline = time.time() + 5
+        while port_in_use(port) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not port_in_use(port), f"port {port} still answers 5 s after SIGTERM to nox"
+    finally:
+        if nox.poll() is None:
+            nox.kill()
