@@ -6,8 +6,10 @@ MLflow run, one checkpoint folder ``runs/<paper>/<preset>/<task>-<variant>-s<see
 the same MLflow run. Before any training, ``common.experiment.validate`` checks the claims against
 the plan; ``only=[...]`` then keeps some runs, and no other run's data is built.
 
-Every run is tagged with its ``reproduction`` (one id per invocation; ``resume=true`` keeps the id
-of the runs it continues) and ``reproduction_size`` (how many runs it planned): the report reads
+Every run is tagged with its ``reproduction`` (one id per invocation; ``resume=true`` continues the
+latest reproduction of the preset in the store, and only checkpoints of its own MLflow runs: a fresh
+reproduction first clears its runs' checkpoint folders, and a run a SIGKILL left RUNNING is either
+continued or marked KILLED) and ``reproduction_size`` (how many runs it planned): the report reads
 the latest complete reproduction. A run's MLflow params are the top-level fields of BaseConfig and
 its own config section (``Run.section``; the whole config when it has none).
 
@@ -18,6 +20,7 @@ whatever the verdicts; with ``strict=true``, exit 1 when a claim is not reproduc
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
@@ -69,17 +72,61 @@ def config_params(cfg, run: Run) -> dict:
     }
 
 
-def resumed_reproduction(paper: Paper, cfg, jobs: list[tuple[Run, int]], tracker: Tracker) -> str | None:
-    """With resume=true: the reproduction id of the MLflow runs that the checkpoints continue."""
+def _runs_of(tracker: Tracker, query: str, max_results: int = 1000) -> list:
+    return tracker.client.search_runs([tracker.experiment_id], query, order_by=["attributes.start_time DESC"],
+                                      max_results=max_results)  # fmt: skip
+
+
+def _mark_killed_if_running(tracker: Tracker | None, run_id: str | None) -> None:
+    if tracker is None or not run_id:
+        return
+    try:
+        status = tracker.client.get_run(run_id).info.status
+    except Exception:  # not in this store
+        return
+    if status == "RUNNING":
+        tracker.client.set_terminated(run_id, status="KILLED")
+
+
+def claim_folders(paper: Paper, cfg, jobs: list[tuple[Run, int]], tracker: Tracker | None) -> None:
+    """A fresh reproduction owns its runs' checkpoint folders: an older checkpoint there is removed (its
+    MLflow run, if a SIGKILL left it RUNNING, is marked KILLED), so no later resume=true continues it."""
     for run, seed in jobs:
         ckpt = checkpoint_path(paper, cfg, run, seed)
-        run_id = load_checkpoint(ckpt).get("run_id") if ckpt.exists() else None
-        if run_id:
-            try:
-                return tracker.client.get_run(run_id).data.tags.get("reproduction")
-            except Exception:  # a checkpoint from another MLflow store
-                continue
-    return None
+        if ckpt.exists():
+            with contextlib.suppress(PaperzooError):  # unreadable: nothing to mark, removed all the same
+                _mark_killed_if_running(tracker, load_checkpoint(ckpt).get("run_id"))
+        for stale in (ckpt, *ckpt.parent.glob("weights-*.pt")):
+            stale.unlink(missing_ok=True)
+
+
+def reproduction_to_resume(paper: Paper, cfg, tracker: Tracker) -> str:
+    """resume=true continues the latest reproduction of the paper at this preset in the current store."""
+    latest = _runs_of(tracker, f"tags.preset = '{cfg.scale}'", max_results=1)
+    if not latest or not latest[0].data.tags.get("reproduction"):
+        raise PaperzooError(
+            f"resume=true: the MLflow store {tracking_uri()} has no reproduction of {paper.slug} at preset "
+            f"'{cfg.scale}' to continue; run without resume=true"
+        )
+    return latest[0].data.tags["reproduction"]
+
+
+def check_resumable(ckpt: Path, run_id: str | None, tracker: Tracker, reproduction: str) -> None:
+    """A checkpoint is continued only when its MLflow run is in this store and in the resumed reproduction."""
+    try:
+        found = tracker.client.get_run(run_id).data.tags.get("reproduction") if run_id else None
+    except Exception:
+        found = None
+    if found is None:
+        raise PaperzooError(
+            f"resume=true: checkpoint {ckpt} belongs to MLflow run {run_id}, which is not in the store "
+            f"{tracking_uri()}; point MLFLOW_TRACKING_URI at its store, or run without resume=true"
+        )
+    if found != reproduction:
+        raise PaperzooError(
+            f"resume=true: checkpoint {ckpt} belongs to reproduction {found}, not to {reproduction} (the "
+            "latest, which is being resumed); run without resume=true to start afresh"
+        )
 
 
 def run_one(
@@ -91,9 +138,16 @@ def run_one(
     if cfg.resume and ckpt.exists():
         state = load_checkpoint(ckpt)
         run_id, resuming = state.get("run_id"), True
+        if tracker is not None:
+            check_resumable(ckpt, run_id, tracker, reproduction)
         if state.get("finished"):
             print(f"  {name}: already finished (step {state['step']}), skipped", flush=True)
             return {}
+    elif cfg.resume and tracker is not None:  # never checkpointed: a run a SIGKILL left RUNNING is ended
+        query = (f"tags.reproduction = '{reproduction}' and tags.task = '{run.task}' and "
+                 f"tags.variant = '{run.variant}' and tags.seed = '{seed}' and attributes.status = 'RUNNING'")  # fmt: skip
+        for stale in _runs_of(tracker, query):
+            _mark_killed_if_running(tracker, stale.info.run_id)
     torch.manual_seed(seed)
     model = run.build_model()
     if run.init_from is not None:  # common.runs: start from that finished run's final weights
@@ -158,9 +212,12 @@ def reproduce(name: str, overrides: list[str]) -> int:
     planned_refs = {RunRef(paper.slug, cfg.scale, run.task, run.variant, seed) for run, seed in jobs}
     for base in {run.init_from for run, _ in jobs if run.init_from is not None} - planned_refs:
         require_finished(base)  # common.runs: before any training
-    reproduction = (
-        cfg.resume and tracker and resumed_reproduction(paper, cfg, jobs, tracker)
-    ) or uuid.uuid4().hex[:12]
+    if cfg.resume:
+        reproduction = reproduction_to_resume(paper, cfg, tracker) if tracker is not None else "resumed"
+    else:
+        reproduction = uuid.uuid4().hex[:12]
+        if rank == 0:
+            claim_folders(paper, cfg, jobs, tracker)
     if rank == 0:
         print(
             f"{paper.title}: {len(jobs)} runs at preset '{cfg.scale}' -> MLflow {tracking_uri()}", flush=True

@@ -38,10 +38,11 @@ def test_bad_value_and_unknown_preset(lab):
 
 
 def test_corrupt_checkpoint_is_reported_and_kept(lab):
+    args = ["-m", "common.reproduce", "template", "scale=smoke", "only=[rings/mlp]", "train.max_steps=20"]
+    assert run_cli(*args).returncode == 0
     ckpt = lab / "runs" / "_template" / "smoke" / "rings-mlp-s0" / "last.pt"
-    ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"\x00garbage")
-    result = run_cli("-m", "common.reproduce", "template", "scale=smoke", "resume=true")
+    result = run_cli(*args, "resume=true")
     assert_one_line_error(result, "corrupt", str(ckpt))
     assert ckpt.read_bytes() == b"\x00garbage"
 
