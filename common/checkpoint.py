@@ -86,14 +86,39 @@ def model_weights(model: nn.Module, trainable_only: bool) -> dict[str, torch.Ten
     return model.state_dict()
 
 
+def _tensor_names(model: nn.Module) -> dict[str, str]:
+    """Every state-dict name of ``model`` -> the first name of the same tensor: tied weights (a language
+    model's head and embedding) are one tensor under two names, which safetensors stores once."""
+    first: dict[int, str] = {}
+    return {name: first.setdefault(id(t), name) for name, t in model.state_dict(keep_vars=True).items()}
+
+
+def _listed(names: set[str]) -> str:
+    return ", ".join(sorted(names)[:3]) + (" ..." if len(names) > 3 else "")
+
+
 def restore_weights(model: nn.Module, weights: dict[str, torch.Tensor], trainable_only: bool) -> None:
-    """Load every tensor of ``model`` from ``weights`` or, ``trainable_only``, the tensors saved on top of
-    its base (a subset of its names); ValueError with a one-line reason on any mismatch of names or shapes."""
-    unknown = sorted(set(weights) - set(model.state_dict()))
-    if unknown and trainable_only:
-        raise ValueError(f"unexpected tensors {', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}")
+    """Load every tensor of ``model`` from ``weights`` or, ``trainable_only``, exactly its trainable tensors
+    (those saved on top of its base); a tied tensor may come under either of its names. ValueError with a
+    one-line reason when a tensor is missing or unknown, or a shape differs."""
+    tensor_of = _tensor_names(model)
+    unknown = set(weights) - set(tensor_of)
+    if trainable_only:
+        expected = {tensor_of[name] for name, p in model.named_parameters() if p.requires_grad}
+    else:
+        expected = set(tensor_of.values())
+    missing = expected - {tensor_of[name] for name in weights if name in tensor_of}
+    extra = {name for name in weights if name in tensor_of and tensor_of[name] not in expected}
+    if missing or unknown or extra:
+        reasons = [f"missing {_listed(missing)}"] if missing else []
+        reasons += (
+            [f"unexpected {_listed(unknown | extra)}{' (frozen here)' if extra else ''}"]
+            if unknown or extra
+            else []
+        )
+        raise ValueError(f"tensors {'; '.join(reasons)}")
     try:
-        model.load_state_dict(weights, strict=not trainable_only)
+        model.load_state_dict(weights, strict=False)
     except RuntimeError as err:
         raise ValueError(" ".join(str(err).split())[:200]) from None  # torch's message spans lines
 

@@ -41,7 +41,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -82,11 +82,16 @@ class Model(Protocol):
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]: ...
 
 
+@runtime_checkable
 class Mixer(Protocol):
-    """A sequence mixer of the LM shell (common.models.lm): attention, an SSM, ...
+    """A sequence mixer of the LM shell (common.models.lm): attention, an SSM, RWKV, TTT, ...
 
     ``forward``: (B, L, D) -> (B, L, D), causal. ``init_state`` / ``step``: the same map one position
-    at a time, x of shape (B, D), for generation.
+    at a time, x of shape (B, D), with an O(1) state for a recurrent mixer (a KV cache for attention).
+    Optional: ``prefill(x, state) -> (y, state)`` for a chunk (B, L, D) after ``state`` (chunked
+    prefill; without it the shell steps token by token), and the keyword hooks ``start`` (absolute
+    position) and ``ctx`` (a dict shared by the layers of one call), passed when a method names them.
+    ``common.testing.check_mixer`` checks the contract.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor: ...
@@ -273,10 +278,6 @@ class Paper:
     claims: list[Claim] = field(default_factory=list)
 
     @property
-    def session(self) -> str:
-        return session_name(self.slug)
-
-    @property
     def title(self) -> str:
         return self.meta.get("title", self.slug)
 
@@ -333,11 +334,31 @@ def load_paper(name: str) -> Paper:
     return Paper(slug=slug, path=PAPERS_DIR / slug, meta=meta, module=module, claims=claims)
 
 
+def _check_run_shape(run: Run, source: str) -> None:
+    """A Run of the plan holds a model factory, a Task, a TrainConfig and, if any, a RunRef."""
+    from common.config import TrainConfig
+    from common.runs import RunRef
+    from common.train import Task
+
+    problems = [
+        ("build_model", "a function that builds the model", callable(run.build_model)),
+        ("data", "a Task (batch(split, index, batch_size, seed) and evaluate(model, device))", isinstance(run.data, Task)),
+        ("train", "a common.config.TrainConfig (common.config.train_config(section))", isinstance(run.train, TrainConfig)),
+        ("init_from", "a common.runs.RunRef or None", run.init_from is None or isinstance(run.init_from, RunRef)),
+    ]  # fmt: skip
+    for name, wanted, ok in problems:
+        if not ok:
+            raise PaperzooError(f"{source}: run '{run.key}' has {name} of type {type(getattr(run, name)).__name__}; "
+                                f"it must be {wanted}")  # fmt: skip
+
+
 def validate(paper: Paper, cfg: Any, runs: list[Run]) -> None:
     """What can be checked in seconds before any training; the first problem, in one line.
 
-    The presets exist; the plan's runs are unique and their config sections exist; every claim's
-    (task, variant) and ``relative_to`` are runs of the plan, unless the claim is ``opt_in``.
+    The presets exist; the plan's runs are unique, well formed (``_check_run_shape``) and their config
+    sections exist; a run that starts
+    from another run of the plan (``init_from``) comes after it; every claim's (task, variant) and
+    ``relative_to`` are runs of the plan, unless the claim is ``opt_in``.
     """
     for scale in SCALES:
         preset = paper.path / "configs" / f"{scale}.yaml"
@@ -348,8 +369,17 @@ def validate(paper: Paper, cfg: Any, runs: list[Run]) -> None:
     source = shown_path(paper.path / "experiment.py")
     keys: set[str] = set()
     for run in runs:
+        _check_run_shape(run, source)
         if run.key in keys:
             raise PaperzooError(f"{source}: plan() returns the run '{run.key}' twice")
+        base = run.init_from
+        if base is not None and (base.paper, base.preset) == (paper.slug, cfg.scale):
+            base_key = f"{base.task}/{base.variant}"
+            if base_key not in keys and any(r.key == base_key for r in runs):
+                raise PaperzooError(
+                    f"{source}: run '{run.key}' starts from the run '{base_key}', which plan() does not "
+                    f"return before it; return '{base_key}' first"
+                )
         keys.add(run.key)
         if run.section and not isinstance(OmegaConf.select(cfg, run.section), DictConfig):
             raise PaperzooError(

@@ -1,8 +1,9 @@
 """Golden training curves: each paper's smoke preset, loss per step, committed under tests/golden/.
 
 ``python -m common.golden [paper ...]`` (``nox -s golden``) trains every run of a paper's smoke
-preset exactly as ``common.reproduce`` does (the same plan, seeds, ``torch.manual_seed(seed)``
-before the model is built, the shared loop), on the CPU and without MLflow, and writes
+preset exactly as ``common.reproduce`` does (the same plan, seeds, model set-up
+``common.reproduce.prepare_model``: seeded, built, started from its ``init_from`` run; the shared
+loop), on the CPU and without MLflow, and writes
 
     tests/golden/<paper>.json = {"paper", "preset", "commit", "dirty", "torch", "threads", "steps",
                                  "runs": {"<task>/<variant>/s<seed>": [[step, loss], ...]}}
@@ -33,6 +34,7 @@ from common.config import load_config
 from common.errors import PaperzooError
 from common.experiment import load_paper
 from common.paths import REPO_ROOT, discover_papers
+from common.reproduce import prepare_model
 from common.tracking import git_info
 from common.train import train
 
@@ -71,12 +73,11 @@ def curves(slug: str, steps: int | None = None, overrides: Sequence[str] = ()) -
                 name = f"{run.task}/{run.variant}/s{seed}"
                 train_cfg = replace(run.train, log_every=1, device="cpu")
                 recorder = _LossRecorder(min(steps or train_cfg.max_steps, train_cfg.max_steps))
-                torch.manual_seed(seed)  # as common.reproduce.run_one
-                model = run.build_model()
+                model, base = prepare_model(run, seed)  # as common.reproduce.run_one
                 ckpt = Path(tmp) / name.replace("/", "-") / "last.pt"
                 with contextlib.suppress(_Enough):
                     train(model, run.data, train_cfg, seed=seed, ckpt_path=ckpt, tracker=recorder,
-                          progress=False, desc=name)  # fmt: skip
+                          progress=False, desc=name, base=base)  # fmt: skip
                 out[name] = recorder.curve
     return out
 

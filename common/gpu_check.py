@@ -120,7 +120,7 @@ def run_paper(slug: str, scratch: Path, timeout: float) -> list[Check]:
     started = time.time()
     try:
         out = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True, timeout=timeout)
-        failure = out.stderr.strip().splitlines()[-1] if out.returncode else ""
+        failure = last_line(out.stderr, out.returncode) if out.returncode else ""
     except subprocess.TimeoutExpired:
         failure = f"timed out after {timeout:.0f}s"
     checks = []
@@ -135,6 +135,12 @@ def run_paper(slug: str, scratch: Path, timeout: float) -> list[Check]:
         checks.append(Check(f"{slug}: reproduction", False, (failure or "no run finished")[:200]))
     say(f"      {slug}: {sum(c.ok for c in checks)}/{len(checks)} ok in {time.time() - started:.0f}s")
     return checks
+
+
+def last_line(stderr: str, returncode: int) -> str:
+    """Why a child failed: its last line on stderr, or its exit status when it died silently (OOM, SIGKILL)."""
+    lines = stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit status {returncode}"
 
 
 # ---- 3. GPT tokens/s and MFU -------------------------------------------------------------------
@@ -185,8 +191,7 @@ def run_gpt() -> Check:
     except subprocess.TimeoutExpired:
         return Check(name, False, f"timed out after {GPT_SECONDS}s")
     if out.returncode:
-        lines = out.stderr.strip().splitlines()
-        return Check(name, False, lines[-1][:200] if lines else f"exit status {out.returncode}")
+        return Check(name, False, last_line(out.stderr, out.returncode)[:200])
     r = json.loads(out.stdout.strip().splitlines()[-1])
     mfu = (f"MFU {100 * r['mfu']:.1f}% of {r['peak_tflops']:.0f} TFLOP/s bf16" if r["mfu"] is not None
            else f"MFU unknown: no bf16 peak for '{torch.cuda.get_device_name()}' in common.gpu_check.PEAK_BF16")  # fmt: skip
@@ -257,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(render(env, checks, time.time() - started))
     except PaperzooError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return err.exit_code
     failed = [c.name for c in checks if not c.ok]
     say(f"wrote {out}; " + (f"FAILED: {', '.join(failed)}" if failed else "every check passed"))
     return 1 if failed else 0

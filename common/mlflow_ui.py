@@ -7,6 +7,7 @@ its workers) is stopped, so no server is left answering on the port.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -43,11 +44,14 @@ def stop_group(process: subprocess.Popen, grace: float = 5.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    port = 5000
-    if "--port" in argv:
-        i = argv.index("--port")
-        port, argv = int(argv[i + 1]), argv[:i] + argv[i + 2 :]
+    parser = argparse.ArgumentParser(description="the MLflow UI over the lab's store", exit_on_error=False)
+    parser.add_argument("--port", type=int, default=5000)
+    try:
+        args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)  # the rest: mlflow's
+    except argparse.ArgumentError as err:
+        print(f"error: {err}; usage: nox -s mlflow-ui -- [--port N] [mlflow server options]", file=sys.stderr)
+        return 2
+    port, argv = args.port, extra
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     process = subprocess.Popen(server_command(port, argv), env=env, start_new_session=True)
 

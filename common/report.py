@@ -1,17 +1,15 @@
 """Claims as data: read a paper's claims and its MLflow runs, write ``reports/<paper>/``.
 
-The claims are ``common.experiment.Claim`` (parsed from paper.yaml). The report reads ONE
-reproduction of the paper (the runs that ``common.reproduce`` tagged with the same
-``reproduction`` id): by default the latest COMPLETE one at the preset, i.e. one where every
-planned (task, variant, seed) — ``reproduction_size`` runs — FINISHED; ``--reproduction ID``
-selects another. Our value of a claim is the mean over the reproduction's seeds (each seed's value
-and the std are shown too; for ``relative_to``, the difference is taken seed by seed); the
-criterion applies to the mean. Never a typed number.
+The report reads ONE reproduction of the paper (``common.claims``: the runs ``common.reproduce``
+tagged with one ``reproduction`` id): by default the latest COMPLETE one at the preset;
+``--reproduction ID`` selects another. Each claim's value is the mean ± std over the reproduction's
+seeds, judged by the claim's criterion at that preset. Never a typed number.
 
-Outputs in ``reports/<paper>/``: ``README.md``, ``figures/*.png``, ``results.json`` (verdicts and
-numbers, machine-readable; the index ``reports/README.md`` is built from these) and a local,
-self-contained ``report.html`` (figures embedded; not committed). A report is never replaced by
-one built from fewer runs unless ``--force`` is given; a paper without runs is skipped.
+Outputs in ``reports/<paper>/``: ``README.md``, ``figures/*.png`` (``common.report_figures``),
+``results.json`` (verdicts and numbers, machine-readable; the index ``reports/README.md`` is built
+from these) and a local, self-contained ``report.html`` (figures embedded; not committed). A report
+is never replaced, unless ``--force`` is given, by one of a lower preset (smoke < cpu < gpu) or by
+one built from fewer runs; a paper without runs is skipped.
 
     python -m common.report [paper ...] [--reproduction ID] [--preset P] [--force] [--strict]
 """
@@ -21,245 +19,50 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
-import fnmatch
 import html
 import json
 import re
-import statistics
 import sys
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.errors import PaperzooError
-from common.experiment import (
-    Claim,
-    Criterion,
-    discover_papers,
-    parse_claims,
-    read_meta,
-    resolve_slug,
-    shown_path,
+from common.claims import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    NOT_RUN,
+    REPRODUCED,
+    VERDICTS,
+    ClaimResult,
+    Reproduction,
+    RunKey,
+    evaluate,
+    fmt,
+    reproductions,
+    shown_criterion,
+    shown_ours,
+    verdict_class,
 )
+from common.config import SCALES
+from common.errors import PaperzooError
+from common.experiment import discover_papers, parse_claims, read_meta, resolve_slug, shown_path
 from common.paths import PAPERS_DIR, reports_dir, session_name
+from common.report_figures import claim_figure, curves_figure
 from common.tracking import client, tracking_uri
-
-REPRODUCED, NOT_REPRODUCED, NOT_RUN, UNCHECKED = "reproduced", "not reproduced", "not run", "no criterion"
-INCONCLUSIVE = "inconclusive"  # its criterion holds, but a claim it requires was not reproduced
-VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN, UNCHECKED)
-RunKey = tuple[str, str, str]  # (task, variant, seed)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-# ---- which runs ----------------------------------------------------------------------------
-@dataclass
-class Reproduction:
-    """The runs of one ``python -m common.reproduce`` (and its ``resume=true`` continuations)."""
-
-    id: str
-    preset: str
-    planned: int | None  # the reproduction_size tag (None: runs logged before it existed)
-    keys: set[RunKey] = field(default_factory=set)  # every (task, variant, seed) it started
-    runs: dict[RunKey, Any] = field(default_factory=dict)  # the latest FINISHED run of each
-    started: int = 0  # ms since the epoch, of its latest run
-
-    @property
-    def complete(self) -> bool:
-        return len(self.runs) >= (self.planned if self.planned is not None else len(self.keys))
-
-    @property
-    def seeds(self) -> list[str]:
-        return sorted({seed for (_, _, seed) in self.runs}, key=_seed_order)
-
-
-def reproductions(mlflow_client, slug: str, preset: str | None = None) -> list[Reproduction]:
-    """Every reproduction of a paper (at ``preset``, if given), the newest first."""
-    experiment = mlflow_client.get_experiment_by_name(slug)
-    if experiment is None:
-        return []
-    found: dict[str, Reproduction] = {}
-    for run in mlflow_client.search_runs([experiment.experiment_id], max_results=50000,
-                                         order_by=["attributes.start_time DESC"]):  # fmt: skip
-        tags = run.data.tags
-        if not tags.get("reproduction") or (preset and tags.get("preset") != preset):
-            continue
-        size = tags.get("reproduction_size")
-        rep = found.setdefault(
-            tags["reproduction"],
-            Reproduction(tags["reproduction"], tags.get("preset", "?"), int(size) if size else None),
-        )
-        key = (tags.get("task", "?"), tags.get("variant", "?"), tags.get("seed", "?"))
-        rep.keys.add(key)
-        rep.started = max(rep.started, run.info.start_time or 0)
-        if run.info.status == "FINISHED":
-            rep.runs.setdefault(key, run)
-    return sorted(found.values(), key=lambda r: r.started, reverse=True)
-
-
-# ---- claims --------------------------------------------------------------------------------
-@dataclass
-class ClaimResult:
-    claim: Claim
-    per_seed: dict[str, float]  # seed -> our value (a difference for relative_to)
-    criterion: Criterion | None
-    verdict: str
-    run_ids: list[str]
-
-    @property
-    def ours(self) -> float | None:
-        return statistics.fmean(self.per_seed.values()) if self.per_seed else None
-
-    @property
-    def std(self) -> float | None:
-        return statistics.stdev(self.per_seed.values()) if len(self.per_seed) > 1 else None
-
-
-def measured(runs: dict[RunKey, Any], task: str, variant: str, metric: str, reduce: str) -> tuple[dict, list]:
-    """({seed: value}, run ids) of one (task, variant); a glob metric is reduced with ``reduce``."""
-    values, ids = {}, []
-    for (t, v, seed), run in sorted(runs.items(), key=lambda item: _seed_order(item[0][2])):
-        if t != task or v != variant:
-            continue
-        matches = [val for name, val in run.data.metrics.items() if fnmatch.fnmatchcase(name, metric)]
-        if matches:
-            values[seed] = {"min": min, "max": max, "mean": statistics.fmean}[reduce](matches)
-            ids.append(run.info.run_id)
-    return values, ids
-
-
-def _seed_order(seed: str) -> tuple[int, str]:
-    return len(seed), seed
-
-
-def evaluate_claim(claim: Claim, runs: dict[RunKey, Any], preset: str) -> ClaimResult:
-    m = claim.measure
-    values, ids = measured(runs, m.task, m.variant, m.metric, m.reduce)
-    if m.relative_to:
-        base, base_ids = measured(runs, m.task, m.relative_to, m.metric, m.reduce)
-        values = {seed: value - base[seed] for seed, value in values.items() if seed in base}
-        ids += base_ids
-    result = ClaimResult(claim, values, claim.criterion(preset), NOT_RUN, ids)
-    if result.ours is not None:
-        result.verdict = (
-            UNCHECKED if result.criterion is None
-            else REPRODUCED if result.criterion.holds(result.ours) else NOT_REPRODUCED
-        )  # fmt: skip
-    return result
-
-
-def evaluate(claims: list[Claim], runs: dict[RunKey, Any], preset: str) -> list[ClaimResult]:
-    results = [evaluate_claim(c, runs, preset) for c in claims]
-    verdicts = {r.claim.id: r.verdict for r in results}
-    for r in results:
-        needed = r.claim.requires
-        if needed and r.verdict == REPRODUCED and verdicts[needed] != REPRODUCED:
-            r.verdict = f"{INCONCLUSIVE} ({needed}: {verdicts[needed]})"
-    return results
-
-
-def verdict_class(verdict: str) -> str:
-    return INCONCLUSIVE if verdict.startswith(INCONCLUSIVE) else verdict
-
-
-def fmt(value: Any, kind: str = "float", relative: bool = False, spread: bool = False) -> str:
-    """A value as the report shows it; ``relative``: a signed difference; ``spread``: a std."""
-    if value is None:
-        return "—"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}: {fmt(v, kind)}" for k, v in value.items())
-    if isinstance(value, str):
-        return value
-    sign = "+" if relative and not spread else ""
-    if kind == "percent":
-        return f"{100 * value:{sign}.1f}{' pts' if relative or spread else '%'}"
-    return f"{value:{sign}.4g}"
-
-
-def shown_ours(r: ClaimResult) -> str:
-    """``mean`` or ``mean ± std``, in the claim's format."""
-    kind, relative = r.claim.format, bool(r.claim.measure.relative_to)
-    mean = fmt(r.ours, kind, relative)
-    return mean if r.std is None else f"{mean} ± {fmt(r.std, kind, relative, spread=True)}"
-
-
-# ---- figures -------------------------------------------------------------------------------
-def _length_of(name: str) -> float | None:
-    match = re.search(r"L=?(\d+)$", name)
-    return float(match.group(1)) if match else None
-
-
-def claim_figure(result: ClaimResult, runs: dict[RunKey, Any], path: Path) -> None:
-    plt = _pyplot()
-    m = result.claim.measure
-    variants = sorted({v for (t, v, _) in runs if t == m.task})
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    if any(ch in m.metric for ch in "*?["):  # e.g. accuracy against test length, one line per variant
-        for variant in variants:
-            points: dict[float, list[float]] = defaultdict(list)
-            for (t, v, _), run in runs.items():
-                if t == m.task and v == variant:
-                    for name, val in run.data.metrics.items():
-                        if fnmatch.fnmatchcase(name, m.metric) and _length_of(name) is not None:
-                            points[_length_of(name)].append(val)
-            xs = sorted(points)
-            ax.plot(xs, [statistics.fmean(points[x]) for x in xs], marker="o", label=variant)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("sequence length")
-        ax.legend(fontsize=8)
-    else:  # one bar per variant: the mean over seeds, the std as an error bar
-        per_seed = [list(measured(runs, m.task, v, m.metric, "mean")[0].values()) for v in variants]
-        means = [statistics.fmean(xs) if xs else 0 for xs in per_seed]
-        stds = [statistics.stdev(xs) if len(xs) > 1 else 0 for xs in per_seed]
-        colors = ["tab:orange" if v == m.variant else "tab:blue" for v in variants]
-        ax.bar(variants, means, yerr=stds if any(stds) else None, color=colors)
-        ax.tick_params(axis="x", rotation=20)
-        if isinstance(result.claim.paper, (int, float)) and not m.relative_to:
-            ax.axhline(result.claim.paper, color="black", linestyle=":", label="paper")
-    if result.criterion and not m.relative_to:
-        ax.axhline(result.criterion.threshold, color="tab:red", linestyle="--", label="pass threshold")
-        ax.legend(fontsize=8)
-    ax.set_ylabel(m.metric)
-    ax.set_title(f"{result.claim.id}: {result.verdict}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def curves_figure(mlflow_client, runs: dict[RunKey, Any], task: str, path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for (t, variant, seed), run in sorted(runs.items()):
-        if t != task:
-            continue
-        history = sorted(
-            mlflow_client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step
-        )
-        ax.plot([m.step for m in history], [m.value for m in history], label=f"{variant} s{seed}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("train/loss")
-    ax.set_yscale("log")
-    ax.set_title(f"{task}: training loss")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ---- writing -------------------------------------------------------------------------------
+def natural_key(name: str) -> tuple:
+    """Sort key that orders the numbers inside a name by value: ``acc/L128`` before ``acc/L1024``."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
 def _results_table(runs: dict[RunKey, Any]) -> list[str]:
     lines = []
     for task in sorted({t for (t, _, _) in runs}):
         keys = sorted(k for k in runs if k[0] == task)
-        names = sorted({n for k in keys for n in runs[k].data.metrics if not n.startswith(("lr", "train/"))})
+        names = sorted({n for k in keys for n in runs[k].data.metrics if not n.startswith(("lr", "train/"))},
+                       key=natural_key)  # fmt: skip
         names = [n for n in names if n not in ("tokens_per_s",)] + ["tokens_per_s"]
         lines += [f"### {task}", "", "| variant | seed | " + " | ".join(names) + " |",
                   "|---|---|" + "---|" * len(names)]  # fmt: skip
@@ -281,7 +84,7 @@ def _run_metadata(runs: dict[RunKey, Any]) -> list[str]:
         minutes = ((info.end_time or info.start_time) - info.start_time) / 60000
         commit = tags.get("git_commit", "?")[:10] + (" (dirty)" if tags.get("git_dirty") == "true" else "")
         lines.append(f"| {task}/{variant}/s{seed} | `{info.run_id}` | {tags.get('preset')} | {commit} | "
-                     f"{tags.get('device_name', '?')} | {_date(info.start_time)} | {minutes:.1f} |")  # fmt: skip
+                     f"{hardware(tags)} | {_date(info.start_time)} | {minutes:.1f} |")  # fmt: skip
     return lines
 
 
@@ -294,37 +97,75 @@ def _date(ms: float | None = None) -> str:
     return when.strftime("%Y-%m-%d %H:%M UTC")
 
 
+def hardware(tags: dict[str, str]) -> str:
+    """The machine a run trained on: its device and, on a CPU, its thread count (tags of common.tracking)."""
+    device, threads = tags.get("device_name", "?"), tags.get("threads")
+    return f"{device}, {threads} threads" if threads and tags.get("device", "cpu") == "cpu" else device
+
+
+def mixing_warning(devices: list[str], commits: list[str]) -> list[str]:
+    """A line that says so when a reproduction's runs come from several machines or commits."""
+    mixed = [f"{len(devices)} machines ({'; '.join(devices)})"] if len(devices) > 1 else []
+    mixed += [f"{len(commits)} commits ({', '.join(commits)})"] if len(commits) > 1 else []
+    if not mixed:
+        return []
+    return ["", f"**Mixed runs:** this reproduction's runs come from {' and '.join(mixed)}; floating-point "
+            "arithmetic differs across CPUs, thread counts and code, so compare its numbers with care."]  # fmt: skip
+
+
 def markdown_to_html(title: str, markdown: str, figures: Path) -> str:
-    """A tiny converter for the markdown this module writes: headings, tables, images, paragraphs."""
-    out, in_table = [], False
+    """A tiny converter for the markdown this module writes: headings, tables (each in a box that
+    scrolls sideways when wide; verdict cells coloured), runs of images (a grid) and paragraphs."""
+    out, rows, images = [], [], []
+
+    def close_blocks():
+        if rows:
+            out.append('<div class="scroll"><table>' + "".join(rows) + "</table></div>")
+            rows.clear()
+        if images:
+            out.append('<div class="figures">' + "".join(images) + "</div>")
+            images.clear()
+
     for line in markdown.splitlines():
+        image = re.fullmatch(r"!\[(.*)\]\(figures/(.+)\)", line.strip())
         if line.startswith("|"):
             cells = [c.strip() for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-: "):
-                continue
-            tag = "th" if not in_table else "td"
-            out.append(("<table>" if not in_table else "") + "<tr>" + "".join(
-                f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")  # fmt: skip
-            in_table = True
-            continue
-        if in_table:
-            out.append("</table>")
-            in_table = False
-        image = re.fullmatch(r"!\[(.*)\]\(figures/(.+)\)", line.strip())
-        if image:
+            if not set("".join(cells)) <= set("-: "):
+                rows.append("<tr>" + "".join(_cell("td" if rows else "th", c) for c in cells) + "</tr>")
+        elif image:
             data = base64.b64encode((figures / image.group(2)).read_bytes()).decode()
-            out.append(f'<img alt="{html.escape(image.group(1))}" src="data:image/png;base64,{data}">')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
-        elif line.strip():
-            out.append(f"<p>{_inline(line)}</p>")
-    if in_table:
-        out.append("</table>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;} table{border-collapse:collapse;}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px;} img{max-width:560px;margin:4px;}")  # fmt: skip
+            images.append(f'<img alt="{html.escape(image.group(1))}" src="data:image/png;base64,{data}">')
+        else:
+            close_blocks()
+            if line.startswith("#"):
+                level = len(line) - len(line.lstrip("#"))
+                out.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
+            elif line.strip():
+                out.append(f"<p>{_inline(line)}</p>")
+    close_blocks()
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(out)}</body></html>")  # fmt: skip
+            f"<style>{_STYLE}</style></head><body>{''.join(out)}</body></html>")  # fmt: skip
+
+
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;}"
+    "table{border-collapse:collapse;} td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px;}"
+    ".scroll{overflow-x:auto;max-width:100%;margin:0.5em 0;}"
+    ".figures{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:12px;}"
+    ".figures img{width:100%;height:auto;}"
+    "td.verdict{font-weight:bold;white-space:nowrap;} td.reproduced{color:#116329;background:#dafbe1;}"
+    "td.not-reproduced{color:#a40e26;background:#ffebe9;} td.other{color:#57606a;background:#f3f4f6;}"
+)
+VERDICT_CSS = {REPRODUCED: "reproduced", NOT_REPRODUCED: "not-reproduced"}  # any other verdict: "other"
+
+
+def _cell(tag: str, text: str) -> str:
+    """A table cell; a verdict cell (``**not run**`` …) gets the CSS classes that colour it."""
+    verdict = re.match(r"\*\*([^*]+)\*\*", text)
+    if tag == "td" and verdict and verdict_class(verdict.group(1)) in VERDICTS:
+        css = VERDICT_CSS.get(verdict_class(verdict.group(1)), "other")
+        return f'<td class="verdict {css}">{_inline(text)}</td>'
+    return f"<{tag}>{_inline(text)}</{tag}>"
 
 
 def _inline(text: str) -> str:
@@ -404,7 +245,7 @@ def write_report(report: Report, mlflow_client) -> None:
     authors = meta.get("authors", "")
     authors = ", ".join(authors) if isinstance(authors, list) else authors
     commits = sorted({r.data.tags.get("git_commit", "?")[:10] for r in runs.values()})
-    devices = sorted({r.data.tags.get("device_name", "?") for r in runs.values()})
+    devices = sorted({hardware(r.data.tags) for r in runs.values()})
     several = len(rep.seeds) > 1
     done = (
         "" if rep.complete else f" (incomplete: {len(runs)} of {rep.planned or len(rep.keys)} runs finished)"
@@ -416,6 +257,7 @@ def write_report(report: Report, mlflow_client) -> None:
         f"Preset **{rep.preset}** · hardware: {', '.join(devices) or '—'} · commit {', '.join(commits) or '—'} · "
         f"report written {_date()} from the MLflow store, reproduction `{rep.id}`{done}, {len(runs)} runs, "
         f"seeds {', '.join(rep.seeds)}.",
+        *mixing_warning(devices, commits),
         "", "## Claims", "",
         f"| claim | statement | source | paper | {report.ours_header()} |{' per seed |' if several else ''} "
         "criterion | verdict |",
@@ -433,7 +275,7 @@ def write_report(report: Report, mlflow_client) -> None:
         )
         lines.append(f"| {r.claim.id} | {' '.join(str(r.claim.statement).split())} | {r.claim.source} | "
                      f"{fmt(r.claim.paper, kind)} | {shown_ours(r)}{seeds} | "
-                     f"{r.criterion.text if r.criterion else '—'} | {verdict} |")  # fmt: skip
+                     f"{shown_criterion(r.claim, r.criterion)} | {verdict} |")  # fmt: skip
     lines += ["", "## Figures", ""]
     for task in sorted({t for (t, _, _) in runs}):
         name = f"curves_{task}.png"
@@ -451,22 +293,54 @@ def write_report(report: Report, mlflow_client) -> None:
     (out / "report.html").write_text(markdown_to_html(meta["title"], markdown, figures))
 
 
-def reported_runs(out: Path) -> int:
-    """How many runs the report in ``out`` was built from (0: none there)."""
+def existing_report(out: Path) -> dict[str, Any] | None:
+    """The preset, run count and verdict totals of the report in ``out`` (None: no report there)."""
     if (out / "results.json").exists():
-        return json.loads((out / "results.json").read_text())["runs"]
-    # reports written before results.json existed: "... from the MLflow store, 5 runs." in the README
-    match = (
-        re.search(r"(\d+) runs\.", (out / "README.md").read_text()) if (out / "README.md").exists() else None
-    )
-    return int(match.group(1)) if match else 0
+        return json.loads((out / "results.json").read_text())
+    if (out / "README.md").exists():
+        return legacy_readme_summary(out / "README.md")
+    return None
+
+
+def legacy_readme_summary(readme: Path) -> dict[str, Any]:
+    """What ``existing_report`` needs, read from a README.md written before results.json existed.
+
+    Goes once every committed report has a results.json (the reports are being regenerated).
+    """
+    text = readme.read_text()
+    preset, runs = re.search(r"Preset \*\*(\w+)\*\*", text), re.search(r"(\d+) runs\.", text)
+    return {
+        "preset": preset.group(1) if preset else "?",
+        "runs": int(runs.group(1)) if runs else 0,
+        "totals": {
+            v: text.count(f"**{v}") if v == INCONCLUSIVE else text.count(f"**{v}**") for v in VERDICTS
+        },
+    }
+
+
+def preset_rank(preset: str) -> int:
+    """smoke < cpu < gpu; an unknown preset (runs logged without the tag) ranks below them all."""
+    return SCALES.index(preset) if preset in SCALES else -1
+
+
+def why_kept(before: dict[str, Any] | None, chosen: Reproduction) -> str:
+    """Why the existing report ``before`` must stay rather than be replaced by one of ``chosen``: it
+    is of a higher preset (smoke < cpu < gpu) or built from more runs; '' when it may be replaced."""
+    if before is None:
+        return ""
+    if preset_rank(before["preset"]) > preset_rank(chosen.preset):
+        return f"it is a {before['preset']} report, reproduction {chosen.id} is at preset {chosen.preset}"
+    if len(chosen.runs) < before["runs"]:
+        return f"it reads {before['runs']} runs, reproduction {chosen.id} has {len(chosen.runs)}"
+    return ""
 
 
 def build_report(
     slug: str, preset: str | None = None, reproduction: str | None = None, uri: str | None = None,
     out_root: Path | None = None, force: bool = False,
 ) -> Report:  # fmt: skip
-    """Evaluate the claims on one reproduction and write the report, unless that would lose runs."""
+    """Evaluate the claims on one reproduction and write the report, unless (without ``force``) that
+    would replace a report of a higher preset or one built from more runs."""
     meta = read_meta(slug)
     claims = parse_claims(meta.get("claims", []), shown_path(PAPERS_DIR / slug / "paper.yaml"))
     root = out_root or reports_dir()
@@ -491,11 +365,10 @@ def build_report(
         return report
     report.reproduction = chosen
     report.results = evaluate(claims, chosen.runs, chosen.preset)
-    before = reported_runs(report.out)
-    if len(chosen.runs) < before and not force:
-        report.note = (f"{shown_path(report.out / 'README.md')} kept: it reads {before} runs, reproduction "
-                       f"{chosen.id} has {len(chosen.runs)}; `python -m common.report {slug} --reproduction "
-                       f"{chosen.id} --force` replaces it")  # fmt: skip
+    kept = "" if force else why_kept(existing_report(report.out), chosen)
+    if kept:
+        report.note = (f"{shown_path(report.out / 'README.md')} kept: {kept}; `python -m common.report {slug} "
+                       f"--reproduction {chosen.id} --force` replaces it")  # fmt: skip
         return report
     write_report(report, mlflow_client)
     write_index(root)
@@ -503,29 +376,17 @@ def build_report(
     return report
 
 
-def _legacy_counts(readme: Path) -> dict[str, int]:
-    """Verdict counts of a report written before results.json existed (its README's bold verdicts)."""
-    text = readme.read_text()
-    return {v: text.count(f"**{v}") if v == INCONCLUSIVE else text.count(f"**{v}**") for v in VERDICTS}
-
-
 def write_index(root: Path) -> Path:
     lines = ["# Reports", "", "Written by `nox -s reproduce-<paper>` / `nox -s report` from the runs in MLflow.", "",
              "| paper | report | preset | reproduced | not reproduced | inconclusive | not run | no criterion |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for slug in discover_papers():
-        title, out = read_meta(slug)["title"], root / slug
-        if (out / "results.json").exists():
-            results = json.loads((out / "results.json").read_text())
-            preset, counts = results["preset"], results["totals"]
-        elif (out / "README.md").exists():
-            match = re.search(r"Preset \*\*(\w+)\*\*", (out / "README.md").read_text())
-            preset, counts = match.group(1) if match else "?", _legacy_counts(out / "README.md")
-        else:
+        title, summary = read_meta(slug)["title"], existing_report(root / slug)
+        if summary is None:
             lines.append(f"| {title} | — | | | | | | |")
             continue
-        lines.append(f"| {title} | [{slug}]({slug}/README.md) | {preset} | "
-                     + " | ".join(str(counts[v]) for v in VERDICTS) + " |")  # fmt: skip
+        lines.append(f"| {title} | [{slug}]({slug}/README.md) | {summary['preset']} | "
+                     + " | ".join(str(summary["totals"][v]) for v in VERDICTS) + " |")  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
     (root / "README.md").write_text("\n".join(lines) + "\n")
     return root / "README.md"
@@ -545,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--preset", help="only reproductions at this preset (smoke, cpu, gpu)")
     parser.add_argument(
-        "--force", action="store_true", help="replace a report even by one built from fewer runs"
+        "--force",
+        action="store_true",
+        help="replace a report even by one of a lower preset or from fewer runs",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a claim is not reproduced")
     try:

@@ -10,8 +10,9 @@ Every run is tagged with its ``reproduction`` (one id per invocation; ``resume=t
 latest reproduction of the preset in the store, and only checkpoints of its own MLflow runs: a fresh
 reproduction first clears its runs' checkpoint folders, and a run a SIGKILL left RUNNING is either
 continued or marked KILLED) and ``reproduction_size`` (how many runs it planned): the report reads
-the latest complete reproduction. A run's MLflow params are the top-level fields of BaseConfig and
-its own config section (``Run.section``; the whole config when it has none).
+the latest complete reproduction. A run's MLflow params hold each value once (``run_params``): the
+top-level fields of BaseConfig, its own config section (``Run.section``; the whole config when it has
+none), the model as built (its zoo spec), its TrainConfig and the variant's change.
 
 Ends by writing ``reports/<paper>/`` and printing the claims table; exit 0 once the runs finished,
 whatever the verdicts; with ``strict=true``, exit 1 when a claim is not reproduced. Under
@@ -30,14 +31,20 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from torch import nn
 
 from common import report
-from common.checkpoint import load_checkpoint
+from common.checkpoint import load_checkpoint, restore_weights
 from common.config import BaseConfig, flatten, load_config, to_plain
 from common.errors import PaperzooError, TrainingDiverged
 from common.experiment import Paper, Run, load_paper, validate
+from common.models import zoo
+from common.models.zoo import spec_of
 from common.paths import discover_papers
 from common.runs import (
+    ARTIFACT_DIR,
+    WEIGHTS,
+    BaseRun,
     RunRef,
     count_parameters,
     load_run_weights,
@@ -47,7 +54,7 @@ from common.runs import (
     save_final,
 )
 from common.tracking import Tracker, git_info, system_info, tracking_uri
-from common.train import distributed_context, train
+from common.train import TrainResult, distributed_context, pick_device, run_evaluation, train
 
 
 def claim_ids(paper: Paper, run: Run) -> list[str]:
@@ -58,18 +65,33 @@ def checkpoint_path(paper: Paper, cfg, run: Run, seed: int) -> Path:
     return run_dir(RunRef(paper.slug, cfg.scale, run.task, run.variant, seed)) / "last.pt"
 
 
-def config_params(cfg, run: Run) -> dict:
-    """The run's MLflow params from the config: BaseConfig's fields and the run's own section."""
+def _is_model_config(node, config_fields: list[set[str]]) -> bool:
+    return isinstance(node, dict) and set(node) in config_fields
+
+
+def run_params(cfg, run: Run, seed: int, model) -> dict:
+    """The run's MLflow params, each value once: BaseConfig's fields; its config section's own settings
+    (``Run.section``, the whole config when ""); the model as built (``model.*``, from its zoo spec); its
+    TrainConfig (``train.*``); the variant's change (``run.*``) and the run's name."""
     plain = to_plain(cfg)
-    if not run.section:
-        return flatten(plain)
-    section = plain
-    for part in run.section.split("."):
-        section = section[part]
-    return {
-        **flatten({f.name: plain[f.name] for f in fields(BaseConfig)}),
-        **flatten(section, f"{run.section}."),
+    node = plain
+    for part in run.section.split(".") if run.section else []:
+        node = node[part]
+    spec = spec_of(model)
+    config_fields = [{f.name for f in fields(zoo.config_class(name))} for name in zoo.names()]
+    settings = {
+        k: v for k, v in node.items() if k != "train" and not (spec and _is_model_config(v, config_fields))
     }
+    params = {**flatten({f.name: plain[f.name] for f in fields(BaseConfig)}),
+              **flatten(settings, f"{run.section}." if run.section else "")}  # fmt: skip
+    if spec is not None:
+        params.update(flatten({"arch": spec["arch"], **spec["config"]}, "model."))
+    else:  # a model outside the zoo: its config node as written, with the variant's change applied
+        params.update({f"model.{k}": v for k, v in run.params.items() if f"model.{k}" in params})
+    params.update(flatten(to_plain(run.train), "train."))
+    params.update({f"run.{k}": v for k, v in run.params.items()})
+    params.update({"run.task": run.task, "run.variant": run.variant, "run.seed": seed})
+    return params
 
 
 def _runs_of(tracker: Tracker, query: str, max_results: int = 1000) -> list:
@@ -129,6 +151,63 @@ def check_resumable(ckpt: Path, run_id: str | None, tracker: Tracker, reproducti
         )
 
 
+def prepare_model(run: Run, seed: int, base: BaseRun | None = None) -> tuple[nn.Module, BaseRun | None]:
+    """The run's model as training starts (common.reproduce and common.golden): ``torch.manual_seed(seed)``,
+    built, then the final weights of ``run.init_from`` loaded, or exactly those of ``base`` (the pinned
+    base a checkpoint recorded). Returns the model and the run its weights came from, pinned."""
+    torch.manual_seed(seed)
+    model = run.build_model()
+    source = base or run.init_from
+    return model, load_run_weights(model, source) if source is not None else None
+
+
+def final_step_logged(tracker: Tracker, run_id: str | None) -> bool:
+    """Whether the MLflow run of a finished checkpoint ended FINISHED with its final weights: a kill after
+    training but before ``log_final`` leaves neither (resume=true then redoes that step)."""
+    artifacts = tracker.client.list_artifacts(run_id, ARTIFACT_DIR)
+    return tracker.client.get_run(run_id).info.status == "FINISHED" and any(
+        f.path.endswith(WEIGHTS) for f in artifacts
+    )
+
+
+def evaluate_finished(model: nn.Module, run: Run, ckpt: Path, state: dict) -> TrainResult:
+    """The result of a run whose training finished (``state``: its finished checkpoint): the checkpoint's
+    weights loaded into ``model`` (on its base, if any), the final evaluation run again."""
+    try:
+        restore_weights(model, state["model"], trainable_only=state.get("base") is not None)
+    except ValueError as err:
+        raise PaperzooError(
+            f"checkpoint {ckpt} does not match this model/config ({err}); it was left untouched: "
+            "move it away or run with resume=false"
+        ) from None
+    device = pick_device(run.train.device)
+    metrics = run_evaluation(model.to(device), run.data, device, run.train.precision)
+    return TrainResult(float(state["loss"]), int(state["step"]), metrics)
+
+
+def log_final(
+    cfg, name: str, model: nn.Module, folder: Path, base: BaseRun | None, result: TrainResult,
+    tracker: Tracker | None, started: float,
+) -> dict:  # fmt: skip
+    """The end of a run: its final metrics, config and final weights (common.runs: what later runs start
+    from, written into ``folder``) logged, the MLflow run ended FINISHED; returns the final metrics."""
+    n_params, n_trainable = count_parameters(model)
+    final = {"final/train_loss": result.final_loss, **result.metrics, "model/n_params": float(n_params),
+             "model/n_trainable": float(n_trainable)}  # fmt: skip
+    if tracker is not None:
+        tracker.log_metrics(final, result.steps)
+        tracker.log_json(
+            {**final, "steps": result.steps, "seconds": time.time() - started}, "final_metrics.json"
+        )
+        tracker.log_text(OmegaConf.to_yaml(cfg), "config.yaml")
+        for path in save_final(model, folder, base):
+            tracker.log_artifact(path, "model")
+        tracker.end("FINISHED")
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if not k.startswith("model/"))
+    print(f"  {name}: done in {time.time() - started:.0f}s; {shown}", flush=True)
+    return final
+
+
 def run_one(
     paper: Paper, cfg, run: Run, seed: int, tracker: Tracker | None, reproduction: str, size: int
 ) -> dict:
@@ -140,7 +219,7 @@ def run_one(
         run_id, resuming = state.get("run_id"), True
         if tracker is not None:
             check_resumable(ckpt, run_id, tracker, reproduction)
-        if state.get("finished"):
+        if state.get("finished") and (tracker is None or final_step_logged(tracker, run_id)):
             print(f"  {name}: already finished (step {state['step']}), skipped", flush=True)
             return {}
     elif cfg.resume and tracker is not None:  # never checkpointed: a run a SIGKILL left RUNNING is ended
@@ -148,10 +227,9 @@ def run_one(
                  f"tags.variant = '{run.variant}' and tags.seed = '{seed}' and attributes.status = 'RUNNING'")  # fmt: skip
         for stale in _runs_of(tracker, query):
             _mark_killed_if_running(tracker, stale.info.run_id)
-    torch.manual_seed(seed)
-    model = run.build_model()
-    if run.init_from is not None:  # common.runs: start from that finished run's final weights
-        load_run_weights(model, run.init_from)
+    finishing = resuming and state.get("finished")  # killed after training, before its final step
+    pinned = BaseRun.from_dict(state["base"]) if resuming and state.get("base") else None
+    model, base = prepare_model(run, seed, pinned)
     n_params, n_trainable = count_parameters(model)
     if tracker is not None:
         tags = {
@@ -159,18 +237,24 @@ def run_one(
             "preset": cfg.scale, "claims": ",".join(claim_ids(paper, run)), "reproduction": reproduction,
             "reproduction_size": str(size), **git_info(), **system_info(),
         }  # fmt: skip
-        params = {**config_params(cfg, run), **{f"run.{k}": v for k, v in run.params.items()},
-                  "run.task": run.task, "run.variant": run.variant, "run.seed": seed, "model.n_params": n_params,
-                  "model.n_trainable": n_trainable,
-                  **{f"train.{k}": v for k, v in flatten(to_plain(run.train)).items()}}  # fmt: skip
+        params = {
+            **run_params(cfg, run, seed, model),
+            "model.n_params": n_params,
+            "model.n_trainable": n_trainable,
+        }
         run_id = tracker.start(name, tags, params, run_id=run_id if resuming else None)
-    print(f"  {name}: {n_params:,} parameters{' (resuming)' if resuming else ''}", flush=True)
+    note = " (trained; redoing its final step)" if finishing else " (resuming)" if resuming else ""
+    print(f"  {name}: {n_params:,} parameters{note}", flush=True)
     started = time.time()
     try:
-        result = train(
-            model, run.data, run.train, seed=seed, ckpt_path=ckpt, resume=resuming, tracker=tracker,
-            run_id=run_id, progress=cfg.progress, desc=name, base=run.init_from,
-        )  # fmt: skip
+        if finishing:
+            result = evaluate_finished(model, run, ckpt, state)
+        else:
+            result = train(
+                model, run.data, run.train, seed=seed, ckpt_path=ckpt, resume=resuming, tracker=tracker,
+                run_id=run_id, progress=cfg.progress, desc=name, base=base,
+            )  # fmt: skip
+        return log_final(cfg, name, model, ckpt.parent, base, result, tracker, started)
     except TrainingDiverged:
         if tracker is not None:
             tracker.end("FAILED")
@@ -179,20 +263,6 @@ def run_one(
         if tracker is not None:
             tracker.end("KILLED")
         raise
-    final = {"final/train_loss": result.final_loss, **result.metrics, "model/n_params": float(n_params),
-             "model/n_trainable": float(n_trainable)}  # fmt: skip
-    if tracker is not None:
-        tracker.log_metrics(final, result.steps)
-        tracker.log_json(
-            {**final, "steps": result.steps, "seconds": time.time() - started}, "final_metrics.json"
-        )
-        tracker.log_text(OmegaConf.to_yaml(cfg), "config.yaml")
-        for path in save_final(model, ckpt.parent, run.init_from):  # common.runs: what later runs start from
-            tracker.log_artifact(path, "model")
-        tracker.end("FINISHED")
-    shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if not k.startswith("model/"))
-    print(f"  {name}: done in {time.time() - started:.0f}s; {shown}", flush=True)
-    return final
 
 
 def reproduce(name: str, overrides: list[str]) -> int:
@@ -237,6 +307,19 @@ def reproduce(name: str, overrides: list[str]) -> int:
     return 0
 
 
+def reproduce_all(overrides: list[str]) -> int:
+    """Every paper but the template, each after those it starts from (common.runs); one paper's error is
+    reported in one line and the others still run. The exit status is the worst one."""
+    status = 0
+    for name in reproduction_order([slug for slug in discover_papers() if not slug.startswith("_")]):
+        try:
+            status = max(status, reproduce(name, overrides))
+        except PaperzooError as err:
+            print(f"error: {name}: {err}", file=sys.stderr)
+            status = max(status, err.exit_code)
+    return status
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM: end the MLflow run as KILLED, keep the last checkpoint
 
@@ -249,8 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if argv[0] == "--all":  # every paper but the template, each after those it starts from (common.runs)
-            names = reproduction_order([slug for slug in discover_papers() if not slug.startswith("_")])
-            return max(reproduce(name, argv[1:]) for name in names)
+            return reproduce_all(argv[1:])
         return reproduce(argv[0], argv[1:])
     except PaperzooError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -4,18 +4,24 @@
 ``runs/<paper>/<preset>/<task>-<variant>-s<seed>/``, holds the checkpoint ``last.pt`` and, once the run
 finished, its final weights and what rebuilds the model; both also go to the run's MLflow artifacts:
 
-    model/model.safetensors   every tensor, or only the trainable ones of a run on a frozen base
+    model/model.safetensors   every tensor (tied ones once), or only the trainable ones of a run on a
+                              frozen base
     model/model.json          {"class", "n_params", "n_trainable", "spec" (common.models.zoo.spec_of,
                               null for a model not built through the zoo), "weights": "all" | "trainable",
-                              "init_from": the base RunRef or null}
+                              "init_from": the pinned base (``BaseRun``: {"ref", "run_id", "sha256"})
+                              of a "trainable" run, else null}
 
 A ``Run`` with ``init_from`` starts from those weights (``load_run_weights``): found in MLflow first (the
 latest FINISHED run with the tags paper/preset/task/variant/seed, so a shared tracking server works),
-else in the runs folder. ``reproduction_order`` puts a paper after the papers its runs start from.
+else in the runs folder. The run found is pinned (``BaseRun``: MLflow run id and the sha256 of its
+weights file); a run on a frozen base records that pin in its checkpoint and ``model.json``, and is
+resumed or rebuilt from exactly that base. ``reproduction_order`` puts a paper after the papers its
+runs start from.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from dataclasses import asdict, dataclass
@@ -23,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file, save_model
+from safetensors.torch import load, save_file, save_model
 from torch import nn
 
 from common.checkpoint import has_frozen_parameters, model_weights, restore_weights
@@ -50,6 +56,26 @@ class RunRef:
         return f"nox -s reproduce-{session_name(self.paper)} -- scale={self.preset}"
 
 
+@dataclass(frozen=True)
+class BaseRun:
+    """The finished run whose weights a run started from, pinned: its MLflow run id (None when its files
+    were read from the runs folder) and the sha256 of its ``model.safetensors``. A run on a frozen base
+    records it, so a resume or rebuild loads exactly that run and refuses weights that changed since."""
+
+    ref: RunRef
+    run_id: str | None
+    sha256: str
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> BaseRun:
+        return cls(RunRef(**raw["ref"]), raw["run_id"], raw["sha256"])
+
+    @property
+    def where(self) -> str:
+        found = f"MLflow run {self.run_id}" if self.run_id else f"the folder {run_dir(self.ref)}"
+        return f"{self.ref.name} ({found}, sha256 {self.sha256[:12]})"
+
+
 def run_dir(ref: RunRef) -> Path:
     """The run's folder: ``last.pt`` and, once finished, ``model.safetensors`` and ``model.json``."""
     return runs_dir() / ref.paper / ref.preset / f"{ref.task}-{ref.variant}-s{ref.seed}"
@@ -62,8 +88,9 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 # ---- writing ---------------------------------------------------------------------------------------
-def save_final(model: nn.Module, folder: Path, init_from: RunRef | None = None) -> list[Path]:
-    """Write the final weights and ``model.json`` into ``folder``; returns both paths (to log to MLflow)."""
+def save_final(model: nn.Module, folder: Path, init_from: BaseRun | None = None) -> list[Path]:
+    """Write the final weights and ``model.json`` into ``folder``; returns both paths (to log to MLflow).
+    ``init_from``: the base the model was loaded from (``load_run_weights``)."""
     from common.models.zoo import spec_of
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,36 +110,39 @@ def save_final(model: nn.Module, folder: Path, init_from: RunRef | None = None) 
 
 
 # ---- finding and loading ---------------------------------------------------------------------------
-def _from_mlflow(ref: RunRef, dst: Path) -> Path | None:
-    """Download the model artifacts of the latest FINISHED MLflow run of ``ref`` into ``dst``."""
+def _from_mlflow(ref: RunRef, dst: Path, run_id: str | None = None) -> tuple[Path, str] | None:
+    """Download the model artifacts of the MLflow run ``run_id`` (default: the latest FINISHED run of
+    ``ref``) into ``dst``: (the folder, the run id), or None when that run or its weights are missing."""
     from mlflow.artifacts import download_artifacts
 
     from common.tracking import client
 
     mlflow_client = client()
-    experiment = mlflow_client.get_experiment_by_name(ref.paper)
-    if experiment is None:
+    if run_id is None:
+        experiment = mlflow_client.get_experiment_by_name(ref.paper)
+        if experiment is None:
+            return None
+        tags = {"paper": ref.paper, "preset": ref.preset, "task": ref.task, "variant": ref.variant,
+                "seed": ref.seed}  # fmt: skip
+        query = (
+            " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items()) + " and attributes.status = 'FINISHED'"
+        )
+        found = mlflow_client.search_runs(
+            [experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
+        )
+        if not found:
+            return None
+        run_id = found[0].info.run_id
+    try:
+        artifacts = mlflow_client.list_artifacts(run_id, ARTIFACT_DIR)
+    except Exception:  # a run id this store does not hold
         return None
-    tags = {
-        "paper": ref.paper,
-        "preset": ref.preset,
-        "task": ref.task,
-        "variant": ref.variant,
-        "seed": ref.seed,
-    }
-    query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items()) + " and attributes.status = 'FINISHED'"
-    found = mlflow_client.search_runs(
-        [experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
-    )
-    if not found or not any(
-        f.path.endswith(WEIGHTS) for f in mlflow_client.list_artifacts(found[0].info.run_id, ARTIFACT_DIR)
-    ):
+    if not any(f.path.endswith(WEIGHTS) for f in artifacts):
         return None
-    run_id = found[0].info.run_id
     download_artifacts(
         run_id=run_id, artifact_path=ARTIFACT_DIR, dst_path=str(dst), tracking_uri=mlflow_client.tracking_uri
     )
-    return dst / ARTIFACT_DIR
+    return dst / ARTIFACT_DIR, run_id
 
 
 def _from_folder(ref: RunRef) -> Path | None:
@@ -124,15 +154,20 @@ def _from_folder(ref: RunRef) -> Path | None:
     return folder if not ckpt.exists() or weights.stat().st_mtime >= ckpt.stat().st_mtime else None
 
 
-def _locate(ref: RunRef, tmp: Path) -> Path:
-    """The folder holding the final files of ``ref`` (downloaded into ``tmp`` from MLflow, or its run folder)."""
-    folder = _from_mlflow(ref, tmp) or _from_folder(ref)
-    if folder is None:
+def _locate(source: RunRef | BaseRun, tmp: Path) -> tuple[Path, str | None]:
+    """(the folder holding the final files of ``source``, its MLflow run id or None): downloaded into
+    ``tmp`` from MLflow, else its run folder. A pinned ``BaseRun`` is looked up by its run id only."""
+    ref = source.ref if isinstance(source, BaseRun) else source
+    run_id = source.run_id if isinstance(source, BaseRun) else None
+    found = None if isinstance(source, BaseRun) and run_id is None else _from_mlflow(ref, tmp, run_id)
+    if found is None and (folder := _from_folder(ref)) is not None:
+        found = folder, None
+    if found is None:
         raise PaperzooError(
             f"run {ref.name} has not finished (no final weights in MLflow or in {run_dir(ref)}); "
             f"run `{ref.command}` first"
         )
-    return folder
+    return found
 
 
 def require_finished(ref: RunRef) -> None:
@@ -141,40 +176,60 @@ def require_finished(ref: RunRef) -> None:
         _locate(ref, Path(tmp))
 
 
-def _final_files(ref: RunRef) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(model.json, the weights) of ``ref``."""
+def _final_files(source: RunRef | BaseRun) -> tuple[dict[str, Any], dict[str, torch.Tensor], BaseRun]:
+    """(model.json, the weights, the run they came from) of ``source``; a pinned ``BaseRun`` whose weights
+    changed since (the base was retrained) is refused in one line."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = _locate(ref, Path(tmp))
-        return json.loads((folder / MODEL_JSON).read_text()), load_file(folder / WEIGHTS)
+        folder, run_id = _locate(source, Path(tmp))
+        data = (folder / WEIGHTS).read_bytes()
+        meta = json.loads((folder / MODEL_JSON).read_text())
+    ref = source.ref if isinstance(source, BaseRun) else source
+    found = BaseRun(ref, run_id, hashlib.sha256(data).hexdigest())
+    if isinstance(source, BaseRun) and found.sha256 != source.sha256:
+        raise PaperzooError(
+            f"the weights of {ref.name} changed: this run started from {source.where}, but {found.where} "
+            "holds other weights; restore that run, or retrain this one (resume=false)"
+        )
+    return meta, load(data), found
 
 
-def load_run_weights(model: nn.Module, ref: RunRef) -> None:
-    """Load the final weights of ``ref`` into ``model`` (built by the new run), strictly. A run saved on a
-    frozen base is rebuilt from its base first, then its trainable tensors."""
-    meta, weights = _final_files(ref)
-    trainable_only = meta["weights"] == "trainable"
-    if trainable_only:
-        load_run_weights(model, RunRef(**meta["init_from"]))
+def _restore(
+    model: nn.Module, meta: dict[str, Any], weights: dict[str, torch.Tensor], found: BaseRun
+) -> None:
+    """Load ``weights`` (of the run ``found``, described by ``meta``) strictly; a run saved on a frozen base
+    loads that base first, then its tensors over it (the model need not freeze the same parameters)."""
+    if meta["weights"] == "trainable":
+        load_run_weights(model, BaseRun.from_dict(meta["init_from"]))
+        weights = {**model.state_dict(), **weights}
     try:
-        restore_weights(model, weights, trainable_only)
+        restore_weights(model, weights, trainable_only=False)
     except ValueError as err:
         raise PaperzooError(
-            f"the final weights of {ref.name} do not fit this {type(model).__name__}: {err}"
+            f"the final weights of {found.ref.name} do not fit this {type(model).__name__}: {err}"
         ) from None
 
 
-def build_from_run(ref: RunRef) -> nn.Module:
-    """The model of ``ref`` rebuilt from its zoo spec, with its final weights (e.g. a part trained elsewhere)."""
+def load_run_weights(model: nn.Module, source: RunRef | BaseRun) -> BaseRun:
+    """Load the final weights of ``source`` into ``model`` (built by the new run), strictly; returns the run
+    they came from, pinned (what a run started from them records). A run saved on a frozen base is
+    rebuilt from exactly its base first, then its trainable tensors."""
+    meta, weights, found = _final_files(source)
+    _restore(model, meta, weights, found)
+    return found
+
+
+def build_from_run(source: RunRef | BaseRun) -> nn.Module:
+    """The model of ``source`` rebuilt from its zoo spec, with its final weights (e.g. a part trained elsewhere)."""
     from common.models.zoo import from_spec
 
-    meta, _ = _final_files(ref)
+    meta, weights, found = _final_files(source)
     if meta["spec"] is None:
         raise PaperzooError(
-            f"run {ref.name} trained a {meta['class']} not built through common.models.zoo, so it cannot be "
-            "rebuilt: build the model yourself and load its weights with load_run_weights"
+            f"run {found.ref.name} trained a {meta['class']} not built through common.models.zoo, so it "
+            "cannot be rebuilt: build the model yourself and load its weights with load_run_weights"
         )
     model = from_spec(meta["spec"])
-    load_run_weights(model, ref)
+    _restore(model, meta, weights, found)
     return model
 
 

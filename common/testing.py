@@ -78,17 +78,21 @@ def check_mixer(
 ) -> None:
     """Assert, in fp64, the mixer contract of ``common.models.lm`` for the module ``make_mixer()`` builds:
 
-    1. the parallel ``forward`` equals ``step`` run token by token;
-    2. causality: changing token t changes no output before t (and does change the output at t);
+    1. causality: changing token t changes no output before t (and does change the output at t);
+    2. the parallel ``forward`` equals ``step`` run token by token;
     3. ``prefill`` in two chunks (the second from a nonzero position) then ``step`` equals one forward;
     4. unless ``state_grows`` (a KV cache), the state's size does not depend on the position.
     """
     import torch
 
+    from common.experiment import Mixer
     from common.models.lm import init_state, prefill, state_tensors, step
 
     torch.manual_seed(seed)
     mixer = make_mixer().double().eval()
+    assert isinstance(mixer, Mixer), (
+        f"{type(mixer).__name__} lacks forward, init_state or step (common.experiment.Mixer)"
+    )
     x = torch.randn(batch, length, d_model, dtype=torch.float64)
 
     def fresh():
@@ -103,15 +107,15 @@ def check_mixer(
 
     with torch.no_grad():
         full = mixer(x)
-        stepped, _ = steps(x, fresh(), 0)
-        torch.testing.assert_close(stepped, full, rtol=0, atol=atol, msg="step by step != forward")
-
         t = length // 2
         changed = x.clone()
         changed[:, t] += 1.0
         y = mixer(changed)
         torch.testing.assert_close(y[:, :t], full[:, :t], rtol=0, atol=atol, msg=f"not causal at t={t}")
         assert (y[:, t] - full[:, t]).abs().max() > 1e-6, "token t does not change the output at t"
+
+        stepped, _ = steps(x, fresh(), 0)
+        torch.testing.assert_close(stepped, full, rtol=0, atol=atol, msg="step by step != forward")
 
         a, b = length // 4, length // 2 + 1
         y1, state = prefill(mixer, x[:, :a], fresh(), 0, {})

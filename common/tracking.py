@@ -158,6 +158,7 @@ def system_info() -> dict[str, str]:
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "device_name": device,
         "cpu_count": str(os.cpu_count()),
+        "threads": str(torch.get_num_threads()),  # 1 vs 2 threads: other arithmetic, other trained weights
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "platform": platform.platform(),

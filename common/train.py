@@ -8,7 +8,8 @@ Contracts
 
 Features: device auto (cuda > mps > cpu), bf16 autocast on CUDA, optional torch.compile, AdamW
 with decay/no-decay groups, warmup + cosine / constant / noam schedules (LambdaLR), gradient
-accumulation and clipping, periodic evaluation, a progress bar (step, loss, lr, tokens/s),
+accumulation and clipping, periodic evaluation, progress (common.progress: a bar on a terminal,
+plain lines in a log file),
 atomic checkpoints with exact resume, checkpoint averaging (``average_last``: the final evaluation
 and the finished checkpoint use the mean weights of the last N checkpoints), NaN/inf stop, and DDP under torchrun (gloo on CPU, NCCL on
 GPU; each rank takes its slice of the global batch; only rank 0 logs and checkpoints).
@@ -22,12 +23,11 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
 
 from common.checkpoint import (
     WeightSnapshots,
@@ -41,9 +41,11 @@ from common.checkpoint import (
 )
 from common.config import Optimizer, Schedule, TrainConfig
 from common.errors import PaperzooError, TrainingDiverged
-from common.runs import RunRef
+from common.progress import Progress
+from common.runs import BaseRun
 
 
+@runtime_checkable
 class Task(Protocol):
     def batch(self, split: str, index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]: ...
 
@@ -178,10 +180,11 @@ def train(
     run_id: str | None = None,
     progress: bool = True,
     desc: str = "train",
-    base: RunRef | None = None,
+    base: BaseRun | None = None,
 ) -> TrainResult:
-    """Train ``model`` on ``task``; ``base``: the finished run the model's weights were loaded from, which
-    makes a model with frozen parameters checkpoint only its trainable ones (common.checkpoint)."""
+    """Train ``model`` on ``task``; ``base``: the finished run the model's weights were loaded from
+    (``common.runs.load_run_weights``), which makes a model with frozen parameters checkpoint only its
+    trainable ones and that base (common.checkpoint); a resume refuses a checkpoint of another base."""
     rank, world = distributed_context()
     device = pick_device(cfg.device)
     model.to(device)
@@ -194,6 +197,12 @@ def train(
     start, resumed_from = 0, None
     if resume and ckpt_path is not None and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
+        if trainable_only and state.get("base") != asdict(base):
+            recorded = BaseRun.from_dict(state["base"]).where if state.get("base") else "no base"
+            raise PaperzooError(
+                f"checkpoint {ckpt_path} continues {recorded}, but the model was loaded from {base.where}; "
+                "load that base, or run with resume=false"
+            )
         try:
             restore_weights(raw_model, state["model"], trainable_only)
             optimizer.load_state_dict(state["optimizer"])
@@ -241,7 +250,7 @@ def train(
             tracker.log_metrics(metrics, step)
 
     model.train()
-    bar = tqdm(total=cfg.max_steps, initial=start, desc=desc, disable=not progress or rank != 0, leave=False)
+    bar = Progress(cfg.max_steps, start, desc, enabled=progress and rank == 0)  # a bar, or lines in a log
     loss_value, window, window_tokens, t0 = resumed_loss, [], 0, time.perf_counter()
     tokens_per_s = 0.0
     metrics: dict[str, float] = {}
@@ -285,9 +294,7 @@ def train(
                       "tokens_per_s": tokens_per_s}  # fmt: skip
             record.update({f"train/{k}": float(v) for k, v in extras.items()})
             log(record, done)
-            bar.set_postfix(
-                loss=f"{record['train/loss']:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{tokens_per_s:,.0f}"
-            )
+            bar.show(record["train/loss"], record["lr"], tokens_per_s)
             window, window_tokens, t0 = [], 0, time.perf_counter()
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.max_steps and rank == 0:
             log(run_evaluation(raw_model, task, device, cfg.precision), done)

@@ -3,6 +3,7 @@
 import copy
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from common.config import load_config
 from common.errors import PaperzooError
 from common.experiment import LazyTask, Paper, Run, load_paper, parse_claims, validate
 from common.paths import REPO_ROOT
+from common.runs import RunRef
 from common.testing import assert_one_line_error, run_cli
 
 FILE = "papers/_template/paper.yaml"
@@ -118,6 +120,22 @@ def test_missing_preset_duplicate_run_and_unknown_section_fail(template, tmp_pat
     one_line_error(lambda: validate(paper, cfg, [*runs, sectioned]), "rings/wide", "section 'ringz'")
 
 
+@pytest.mark.parametrize(
+    ("change", "needles"),
+    [
+        ({"build_model": "gpt"}, ("build_model of type str", "a function")),
+        ({"data": object()}, ("data of type object", "a Task (batch")),
+        ({"train": {"lr": 0.1}}, ("train of type dict", "TrainConfig")),
+        ({"init_from": "transformer/gpt"}, ("init_from of type str", "RunRef")),
+    ],
+)  # fmt: skip
+def test_a_malformed_run_is_one_line(template, change, needles):
+    paper, cfg, runs = template
+    one_line_error(
+        lambda: validate(paper, cfg, [replace(runs[0], **change)]), "experiment.py", "rings/mlp", *needles
+    )
+
+
 def test_lazy_task_builds_nothing_until_used():
     built = []
     task = LazyTask(lambda: built.append(1) or "the task")
@@ -154,3 +172,27 @@ def test_a_paper_module_without_plan_is_one_line(lab_copy, lab):
     source.write_text(source.read_text().replace("def plan(", "def plan_runs("))
     result = run_cli("-m", "common.reproduce", "template", "scale=smoke", cwd=lab_copy)
     assert_one_line_error(result, "papers/_template/experiment.py must define plan(cfg)")
+
+
+def test_a_run_must_come_after_the_run_of_the_plan_it_starts_from(template):
+
+    paper, cfg, runs = template
+    mlp = runs[0]
+    base = RunRef(paper.slug, cfg.scale, mlp.task, mlp.variant, 0)
+    tuned = Run("rings", "tuned", mlp.build_model, mlp.data, mlp.train, init_from=base)
+    validate(paper, cfg, [*runs, tuned])
+    one_line_error(
+        lambda: validate(paper, cfg, [tuned, *runs]),
+        "experiment.py",
+        "run 'rings/tuned' starts from the run 'rings/mlp'",
+        "return 'rings/mlp' first",
+    )
+    elsewhere = Run(
+        "rings",
+        "tuned",
+        mlp.build_model,
+        mlp.data,
+        mlp.train,
+        init_from=RunRef("mamba", cfg.scale, "rings", "mlp"),
+    )
+    validate(paper, cfg, [elsewhere, *runs])  # another paper's run: reproduce requires it finished instead

@@ -5,9 +5,16 @@ intended, regenerate the curves with `nox -s golden` and commit them with the ch
 """
 
 import pytest
+import torch
 
+from common.config import load_config
+from common.errors import PaperzooError
+from common.experiment import Run, load_paper
 from common.golden import compare, curves, read_golden
 from common.paths import discover_papers
+from common.runs import RunRef, run_dir, save_final
+from papers._template import experiment as template
+from papers._template.model import Classifier
 
 # The same smoke runs with OMP_NUM_THREADS=1 and =2 (other reduction orders) differ by at most
 # 7.6e-5 in the loss (multi30k/learned_pos at step 19; relative 1.3e-5); every other run by
@@ -49,3 +56,28 @@ def test_a_mismatch_shows_both_curves_step_by_step():
     assert lines[2].split() == ["1", "2.000000", "2.000000", "+0.00e+00"]
     assert lines[3].split() == ["2", "1.500000", "1.600000", "+1.00e-01", "<-"]
     assert "b/y/s0: missing now" in report and "c/z/s0: not in the golden file" in report
+
+
+def test_a_run_that_starts_from_another_run_is_recorded_from_its_weights(lab, monkeypatch):
+    """common.golden sets a model up as common.reproduce does: seeded, built, then its init_from loaded."""
+    base_ref = RunRef("_template", "smoke", "rings", "mlp", 0)
+    plan = template.plan
+
+    def with_tuned(cfg):
+        runs = plan(cfg)
+        return [
+            *runs,
+            Run("rings", "tuned", runs[0].build_model, runs[0].data, runs[0].train, init_from=base_ref),
+        ]
+
+    monkeypatch.setattr(template, "plan", with_tuned)
+    with pytest.raises(PaperzooError, match="run _template:smoke:rings/mlp/s0 has not finished"):
+        curves("_template", steps=1)
+    torch.manual_seed(7)
+    base = Classifier()
+    save_final(base, run_dir(base_ref))
+    (_, first_loss), *_ = curves("_template", steps=1)["rings/tuned/s0"]
+    paper = load_paper("template")
+    run = with_tuned(load_config(paper.schema, paper.path / "configs", ["scale=smoke"]))[-1]
+    batch = run.data.batch("train", 0, run.train.batch_size, 0)
+    assert first_loss == pytest.approx(base(batch).item(), abs=1e-6)  # the loss of the base's weights

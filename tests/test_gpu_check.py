@@ -7,9 +7,10 @@ import sys
 import pytest
 import torch
 
+from common import gpu_check
 from common.config import load_config
 from common.experiment import load_paper
-from common.gpu_check import Check, bounded_overrides, flops_per_token, peak_bf16_flops, render
+from common.gpu_check import Check, bounded_overrides, flops_per_token, peak_bf16_flops, render, run_paper
 from common.paths import REPO_ROOT, discover_papers
 
 
@@ -18,7 +19,7 @@ def test_without_cuda_it_stops_with_one_line():
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run([sys.executable, "-m", "common.gpu_check"], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert out.returncode != 0
+    assert out.returncode == 2  # PaperzooError.exit_code
     assert out.stderr == "error: gpu-check needs a CUDA device; none found\n" and out.stdout == ""
 
 
@@ -54,3 +55,11 @@ def test_the_report_lists_every_check():
     assert "1/2 checks passed in 300s" in text and "- device: NVIDIA H200 (139 GiB) x 1" in text
     assert "| pytest -m gpu | pass | 4 passed |" in text
     assert "| mamba: reproduction | **FAIL** | error: x / y |" in text
+
+
+def test_a_paper_whose_reproduction_dies_silently_fails_with_its_exit_status(tmp_path, monkeypatch):
+    died = subprocess.CompletedProcess(args=[], returncode=-9, stderr="")  # OOM killer: no stderr at all
+    monkeypatch.setattr(gpu_check.subprocess, "run", lambda *args, **kwargs: died)
+    assert run_paper("_template", tmp_path, timeout=60) == [
+        Check("_template: reproduction", False, "exit status -9")
+    ]

@@ -90,15 +90,42 @@ class ForgetfulStep(nn.Module):
         return self.proj(x), state + x  # should use state + x
 
 
+class GrowingState(ForgetfulStep):
+    """Correct in every form, but its state keeps every token (like a KV cache) instead of a running sum."""
+
+    def init_state(self, batch_size, device, dtype):
+        return torch.zeros(batch_size, 0, self.proj.in_features, device=device, dtype=dtype)
+
+    def step(self, x, state):
+        state = torch.cat([state, x[:, None]], 1)
+        return self.proj(state.sum(1)), state
+
+
+class StalePrefill(ForgetfulStep):
+    """Step is right; its own prefill ignores the state it is handed (chunked prefill breaks)."""
+
+    def step(self, x, state):
+        return self.proj(state + x), state + x
+
+    def prefill(self, x, state):
+        return self.forward(x), state + x.sum(1)
+
+
 def _lm(mixer, mlp, **kw):
     torch.manual_seed(0)
     return CausalLM(17, 16, 3, mixer, mlp, norm="layer", **kw).double().eval()
 
 
-@pytest.mark.parametrize("mixer_cls", [FutureLeak, ForgetfulStep])
-def test_check_mixer_catches_a_broken_mixer(mixer_cls):
-    with pytest.raises(AssertionError):
+@pytest.mark.parametrize(
+    "mixer_cls, message",
+    [(FutureLeak, "not causal"), (ForgetfulStep, "step by step != forward"),
+     (StalePrefill, "prefill \\+ step != forward"), (GrowingState, "state's size depends on the position")],
+)  # fmt: skip
+def test_check_mixer_catches_each_kind_of_broken_mixer(mixer_cls, message):
+    with pytest.raises(AssertionError, match=message):
         check_mixer(lambda: mixer_cls(8), d_model=8, length=15)
+    if mixer_cls is GrowingState:  # what is wrong is only the flat state: declared as growing, it passes
+        check_mixer(lambda: mixer_cls(8), d_model=8, length=15, state_grows=True)
 
 
 @pytest.mark.parametrize("mlp_cls", [TokenShiftMLPWithPrefill, TokenShiftMLP])  # parallel / stepped prefill
@@ -115,7 +142,10 @@ def test_stateful_channel_mixer_and_hooks_in_every_form(mlp_cls):
             tail.append(logits)
     torch.testing.assert_close(torch.cat([head, torch.stack(tail, 1)], 1), full, rtol=0, atol=1e-10)
     assert not torch.allclose(full[1], lm.logits(idx[1:2], 0)[0])  # the start reaches the mixer
-    assert lm.embed_norm is not None and torch.equal(state["pos"], start + 21)
+    assert torch.equal(state["pos"], start + 21)
+    with torch.no_grad():  # ln0 is applied: changing its gain changes the logits
+        lm.embed_norm.weight.mul_(2.0)
+        assert not torch.allclose(lm.logits(idx, start), full)
 
 
 def test_generate_prefills_the_prompt_like_stepping():
@@ -125,3 +155,8 @@ def test_generate_prefills_the_prompt_like_stepping():
     assert torch.equal(out[:, :9], idx)
     with torch.no_grad():
         torch.testing.assert_close(lm.logits(out)[:, 8:-1].argmax(-1), out[:, 9:])
+
+
+def test_check_mixer_names_a_module_that_is_no_mixer():
+    with pytest.raises(AssertionError, match="lacks forward, init_state or step"):
+        check_mixer(lambda: nn.Linear(8, 8), d_model=8, length=15)

@@ -5,8 +5,11 @@ import shutil
 
 import pytest
 
+from common.claims import NOT_REPRODUCED, REPRODUCED, shown_criterion
+from common.experiment import Claim, Criterion, Measure
 from common.paths import REPO_ROOT
-from common.report import NOT_REPRODUCED, REPRODUCED, build_report, main, write_index
+from common.report import build_report, main, markdown_to_html, natural_key, write_index
+from common.reproduce import reproduce
 from common.tracking import Tracker
 
 # (reproduction, preset, planned size, [(variant, seed, test/acc, status)]), oldest first
@@ -118,3 +121,84 @@ def test_the_index_reads_legacy_reports_without_results_json(tmp_path):
     (tmp_path / "mamba" / "results.json").unlink(missing_ok=True)
     index = write_index(tmp_path).read_text()
     assert "| [mamba](mamba/README.md) | cpu | 8 | 0 | 0 | 0 | 0 |" in index
+
+
+def test_a_lower_preset_never_replaces_a_higher_one_unless_forced(store, lab, monkeypatch, capsys):
+    """A smoke reproduction (even one of more runs) keeps a cpu report byte for byte; --force replaces it."""
+    build_report("_template", reproduction="cpu0", uri=store, out_root=lab / "reports")  # as if committed
+    before = {p: p.read_bytes() for p in (lab / "reports").rglob("*") if p.is_file()}
+    kept = build_report("_template", uri=store, out_root=lab / "reports")  # "full": smoke, 6 runs
+    assert kept.reproduction.id == "full" and {p: p.read_bytes() for p in before} == before
+    assert kept.note.endswith(
+        "kept: it is a cpu report, reproduction full is at preset smoke; "
+        "`python -m common.report _template --reproduction full --force` replaces it"
+    )
+    assert reproduce("template", ["scale=smoke", "progress=false"]) == 0  # in the lab's own store
+    assert {
+        p: p.read_bytes() for p in before
+    } == before and "kept: it is a cpu report" in capsys.readouterr().out
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    assert main(["template", "--reproduction", "full", "--force"]) == 0
+    results = json.loads((lab / "reports" / "_template" / "results.json").read_text())
+    assert (results["preset"], results["reproduction"]) == ("smoke", "full")
+    assert "| [_template](_template/README.md) | smoke |" in (lab / "reports" / "README.md").read_text()
+
+
+def test_criteria_are_shown_in_the_unit_of_the_value():
+    def claim(fmt, relative_to=None):
+        return Claim("c", "s", Measure("t", "v", "test/acc", relative_to=relative_to), format=fmt)
+
+    assert shown_criterion(claim("percent"), Criterion.parse(">= 0.95")) == "≥ 95.0%"
+    assert shown_criterion(claim("percent"), Criterion.parse("< 0.6")) == "< 60.0%"
+    assert shown_criterion(claim("percent", "linear"), Criterion.parse(">= 0.05")) == "≥ +5.0 pts"
+    assert shown_criterion(claim("float", "gpt"), Criterion.parse("<= 0.05")) == "≤ +0.05"
+    assert shown_criterion(claim("float"), Criterion.parse(">= 22")) == "≥ 22"
+    assert shown_criterion(claim("float"), None) == "—"
+
+
+def test_length_named_metrics_sort_by_number():
+    names = ["acc/L1024", "test/acc", "acc/L128", "acc/train_len", "acc/L32"]
+    assert sorted(names, key=natural_key) == ["acc/L32", "acc/L128", "acc/L1024", "acc/train_len", "test/acc"]
+
+
+def test_html_colours_verdicts_scrolls_tables_and_lays_figures_in_a_grid(store, tmp_path):
+    build_report("_template", uri=store, out_root=tmp_path)
+    page = (tmp_path / "_template" / "report.html").read_text()
+    assert '<td class="verdict reproduced"><b>reproduced</b></td>' in page
+    assert '<td class="verdict other"><b>no criterion</b></td>' in page
+    assert page.count('<div class="scroll"><table>') == 3  # claims, rings metrics, runs: each in its own box
+    assert page.count('<div class="figures"><img') == 1 and page.count("<img") == 3
+    assert "| ≥ +5.0 pts | **reproduced** |" in (tmp_path / "_template" / "README.md").read_text()
+    verdicts = markdown_to_html("t", "| claim | verdict |\n|---|---|\n| a | **not reproduced** |\n"
+                                "| b | **inconclusive (a: not reproduced)** |\n| c | **not run** (opt-in: slow) |", tmp_path)  # fmt: skip
+    assert '<td class="verdict not-reproduced"><b>not reproduced</b></td>' in verdicts
+    assert '<td class="verdict other"><b>inconclusive (a: not reproduced)</b></td>' in verdicts
+    assert '<td class="verdict other"><b>not run</b> (opt-in: slow)</td>' in verdicts
+    assert "<th>verdict</th>" in verdicts
+
+
+@pytest.mark.parametrize(
+    "second, said",
+    [({"device_name": "Intel(R) Xeon(R) Processor", "threads": "2"}, "2 machines (AMD EPYC, 2 threads; Intel"),
+     ({"threads": "1"}, "2 machines (AMD EPYC, 1 threads; AMD EPYC, 2 threads)"),
+     ({"git_commit": "def"}, "2 commits (abc, def)")],
+)  # fmt: skip
+def test_a_report_from_two_machines_or_commits_says_so(tmp_path, second, said):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker("_template", uri)
+    for variant, acc, extra in (("mlp", 1.0, {}), ("linear", 0.5, second)):
+        tags = {"paper": "_template", "task": "rings", "variant": variant, "seed": "0", "preset": "cpu",
+                "reproduction": "r", "reproduction_size": "2", "git_commit": "abc", "device": "cpu",
+                "device_name": "AMD EPYC", "threads": "2", **extra}  # fmt: skip
+        tracker.start(f"rings/{variant}/s0", tags, {})
+        tracker.log_metrics({"train/loss": 0.5, "test/acc": acc}, 1)
+        tracker.end("FINISHED")
+    build_report("_template", uri=uri, out_root=tmp_path / "reports")
+    readme = (tmp_path / "reports" / "_template" / "README.md").read_text()
+    assert "**Mixed runs:**" in readme and said in readme
+
+
+def test_a_report_from_one_machine_and_commit_shows_its_threads_and_no_warning(store, tmp_path):
+    build_report("_template", uri=store, out_root=tmp_path)
+    readme = (tmp_path / "_template" / "README.md").read_text()
+    assert "Mixed runs" not in readme and "hardware: cpu ·" in readme  # tags without a thread count

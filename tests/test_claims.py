@@ -1,0 +1,31 @@
+"""A verdict needs a margin: the criterion must hold for every seed, or for the mean with one std to spare."""
+
+import pytest
+
+from common.claims import NOT_REPRODUCED, REPRODUCED, SPREAD_TOO_LARGE, judge, verdict_class
+from common.experiment import Criterion
+
+AT_MOST_70 = Criterion.parse("<= 0.70")
+
+
+@pytest.mark.parametrize(
+    "per_seed, verdict",
+    [
+        ({"0": 0.694}, REPRODUCED),  # one seed: the criterion on that seed
+        ({"0": 0.718}, NOT_REPRODUCED),
+        ({"0": 0.60, "1": 0.62, "2": 0.61}, REPRODUCED),  # every seed holds
+        ({"0": 0.694, "1": 0.718, "2": 0.65}, SPREAD_TOO_LARGE),  # mean 0.687 holds, but not by a std (0.034)
+        (
+            {"0": 0.50, "1": 0.52, "2": 0.71},
+            REPRODUCED,
+        ),  # seed 2 fails; the mean 0.577 holds by > 1 std (0.116)
+        ({"0": 0.85, "1": 0.86, "2": 0.69}, NOT_REPRODUCED),  # one seed holds; the mean 0.80 fails by > 1 std
+        ({"0": 0.75, "1": 0.76, "2": 0.80}, NOT_REPRODUCED),  # every seed fails
+    ],
+)
+def test_judge(per_seed, verdict):
+    assert judge(AT_MOST_70, per_seed) == verdict
+
+
+def test_spread_too_large_is_an_inconclusive_verdict():
+    assert verdict_class(SPREAD_TOO_LARGE) == "inconclusive" and "spread too large" in SPREAD_TOO_LARGE
