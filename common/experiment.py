@@ -22,6 +22,7 @@ Each claim in ``paper.yaml``::
         reduce: min                       # min | max | mean (over the metrics the glob matches)
         relative_to: lti                  # optional: ours = value(variant) - value(relative_to)
       criteria: {smoke: null, cpu: ">= 0.95", gpu: ">= 0.99"}   # on the mean over seeds
+      setting: {paper: "L=4096, 16 tokens", cpu: "L=64, 4 tokens"}  # optional: where a preset is scaled down
       requires: other-claim-id            # optional: only meaningful if that claim is reproduced
       opt_in: "needs wmt14.enabled=true"  # optional: no preset plans its run by default, and why
 
@@ -199,6 +200,7 @@ class Claim:
     paper: Any = None
     format: str = "float"
     criteria: dict[str, Criterion | None] = field(default_factory=dict)
+    setting: dict[str, str] = field(default_factory=dict)  # "paper" or a preset -> its lengths, sizes, data
     requires: str | None = None
     opt_in: str | None = None  # why no preset plans its run by default (validate then allows that)
 
@@ -256,9 +258,19 @@ def parse_claims(raw: Any, file: str) -> list[Claim]:
                 parsed[preset] = None if text is None else Criterion.parse(text)
             except PaperzooError as err:
                 raise PaperzooError(f"{where}, criteria.{preset}: {err}") from None
+        setting = fields_.get("setting") or {}
+        if not isinstance(setting, dict):
+            raise PaperzooError(f"{where}: 'setting' must map paper and presets to text, e.g. "
+                                '{paper: "L=4096", cpu: "L=64"}')  # fmt: skip
+        for key, text in setting.items():
+            _choice(key, ("paper", *SCALES), where, "setting key")
+            if not isinstance(text, str) or not text.strip() or "|" in text or "\n" in text.strip():
+                raise PaperzooError(
+                    f"{where}, setting.{key}: expected one line of text without '|', got {text!r}"
+                )
         if label in {c.id for c in claims}:
             raise PaperzooError(f"{where}: the id is used by an earlier claim")
-        claims.append(Claim(**{**fields_, "measure": measure, "criteria": parsed}))
+        claims.append(Claim(**{**fields_, "measure": measure, "criteria": parsed, "setting": setting}))
     ids = {c.id for c in claims}
     for claim in claims:
         if claim.requires and claim.requires not in ids:

@@ -3,7 +3,8 @@
 The report reads ONE reproduction of the paper (``common.claims``: the runs ``common.reproduce``
 tagged with one ``reproduction`` id): by default the latest COMPLETE one at the preset;
 ``--reproduction ID`` selects another. Each claim's value is the mean ± std over the reproduction's
-seeds, judged by the claim's criterion at that preset. Never a typed number.
+seeds, judged by the claim's criterion at that preset. Never a typed number. Where paper.yaml gives a
+claim's ``setting``, the claims table says how the preset is scaled down from the paper (``paper → ours``).
 
 Outputs in ``reports/<paper>/``: ``README.md``, ``figures/*.png`` (``common.report_figures``),
 ``results.json`` (verdicts and numbers, machine-readable; the index ``reports/README.md`` is built
@@ -45,7 +46,7 @@ from common.claims import (
 )
 from common.config import SCALES
 from common.errors import PaperzooError
-from common.experiment import discover_papers, parse_claims, read_meta, resolve_slug, shown_path
+from common.experiment import Claim, discover_papers, parse_claims, read_meta, resolve_slug, shown_path
 from common.paths import PAPERS_DIR, reports_dir, session_name
 from common.report_figures import claim_figure, curves_figure
 from common.tracking import client, tracking_uri
@@ -113,6 +114,13 @@ def mixing_warning(devices: list[str], commits: list[str]) -> list[str]:
             "arithmetic differs across CPUs, thread counts and code, so compare its numbers with care."]  # fmt: skip
 
 
+def shown_setting(claim: Claim, preset: str) -> str:
+    """How the preset differs from the paper: ``L=4096, 16 tokens → L=64, 4 tokens`` (``—``: not given)."""
+    if not claim.setting:
+        return "—"
+    return f"{claim.setting.get('paper', '—')} → {claim.setting.get(preset, '—')}"
+
+
 def markdown_to_html(title: str, markdown: str, figures: Path) -> str:
     """A tiny converter for the markdown this module writes: headings, tables (each in a box that
     scrolls sideways when wide; verdict cells coloured), runs of images (a grid) and paragraphs."""
@@ -150,10 +158,11 @@ def markdown_to_html(title: str, markdown: str, figures: Path) -> str:
 _STYLE = (
     "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;}"
     "table{border-collapse:collapse;} td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px;}"
+    "th{background:#f6f8fa;}"
     ".scroll{overflow-x:auto;max-width:100%;margin:0.5em 0;}"
     ".figures{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:12px;}"
     ".figures img{width:100%;height:auto;}"
-    "td.verdict{font-weight:bold;white-space:nowrap;} td.reproduced{color:#116329;background:#dafbe1;}"
+    "td.verdict{font-weight:bold;min-width:9em;} td.reproduced{color:#116329;background:#dafbe1;}"
     "td.not-reproduced{color:#a40e26;background:#ffebe9;} td.other{color:#57606a;background:#f3f4f6;}"
 )
 VERDICT_CSS = {REPRODUCED: "reproduced", NOT_REPRODUCED: "not-reproduced"}  # any other verdict: "other"
@@ -227,6 +236,8 @@ class Report:
                 {"id": r.claim.id, "paper": r.claim.paper, "format": r.claim.format, "metric": r.claim.measure.metric,
                  "ours": {"mean": r.ours, "std": r.std, "per_seed": r.per_seed},
                  "criterion": r.criterion.text if r.criterion else None, "verdict": r.verdict,
+                 "setting": {"paper": r.claim.setting.get("paper"), "ours": r.claim.setting.get(rep.preset)}
+                 if r.claim.setting else None,
                  "opt_in": r.claim.opt_in, "run_ids": r.run_ids}
                 for r in self.results
             ],
@@ -247,6 +258,7 @@ def write_report(report: Report, mlflow_client) -> None:
     commits = sorted({r.data.tags.get("git_commit", "?")[:10] for r in runs.values()})
     devices = sorted({hardware(r.data.tags) for r in runs.values()})
     several = len(rep.seeds) > 1
+    settings = any(r.claim.setting for r in report.results)  # the column only where a paper.yaml fills it
     done = (
         "" if rep.complete else f" (incomplete: {len(runs)} of {rep.planned or len(rep.keys)} runs finished)"
     )
@@ -259,9 +271,9 @@ def write_report(report: Report, mlflow_client) -> None:
         f"seeds {', '.join(rep.seeds)}.",
         *mixing_warning(devices, commits),
         "", "## Claims", "",
-        f"| claim | statement | source | paper | {report.ours_header()} |{' per seed |' if several else ''} "
-        "criterion | verdict |",
-        "|---|---|---|---|---|" + ("---|" if several else "") + "---|---|",
+        f"| claim | statement | source |{' setting (paper → ours) |' if settings else ''} paper | "
+        f"{report.ours_header()} |{' per seed |' if several else ''} criterion | verdict |",
+        "|---|---|---|---|---|" + ("---|" if settings else "") + ("---|" if several else "") + "---|---|",
     ]  # fmt: skip
     for r in report.results:
         kind, relative = r.claim.format, bool(r.claim.measure.relative_to)
@@ -273,8 +285,9 @@ def write_report(report: Report, mlflow_client) -> None:
         verdict = f"**{r.verdict}**" + (
             f" (opt-in: {r.claim.opt_in})" if r.verdict == NOT_RUN and r.claim.opt_in else ""
         )
+        setting = f"{shown_setting(r.claim, rep.preset)} | " if settings else ""
         lines.append(f"| {r.claim.id} | {' '.join(str(r.claim.statement).split())} | {r.claim.source} | "
-                     f"{fmt(r.claim.paper, kind)} | {shown_ours(r)}{seeds} | "
+                     f"{setting}{fmt(r.claim.paper, kind)} | {shown_ours(r)}{seeds} | "
                      f"{shown_criterion(r.claim, r.criterion)} | {verdict} |")  # fmt: skip
     lines += ["", "## Figures", ""]
     for task in sorted({t for (t, _, _) in runs}):

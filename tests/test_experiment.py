@@ -196,3 +196,30 @@ def test_a_run_must_come_after_the_run_of_the_plan_it_starts_from(template):
         init_from=RunRef("mamba", cfg.scale, "rings", "mlp"),
     )
     validate(paper, cfg, [elsewhere, *runs])  # another paper's run: reproduce requires it finished instead
+
+
+@pytest.mark.parametrize(
+    ("setting", "needles"),
+    [
+        ({"paper": "L=4096", "tpu": "L=64"}, ("claim 'mlp-solves-rings'", "bad setting key 'tpu'", "paper, smoke, cpu, gpu")),
+        ({"paper": "L=4096", "cpu": 64}, ("claim 'mlp-solves-rings', setting.cpu", "expected one line of text", "64")),
+        ({"paper": "", "cpu": "L=64"}, ("claim 'mlp-solves-rings', setting.paper", "expected one line of text")),
+        ({"paper": "a | b"}, ("setting.paper", "without '|'")),
+        ({"paper": "line one\nline two"}, ("setting.paper", "one line")),
+        ("L=64", ("claim 'mlp-solves-rings'", "'setting' must map paper and presets to text")),
+    ],
+)  # fmt: skip
+def test_a_bad_setting_is_one_line_naming_file_claim_and_key(setting, needles):
+    one_line_error(
+        lambda: parse_claims(claims_with(lambda c: c[1].update(setting=setting)), FILE), FILE, *needles
+    )
+
+
+def test_settings_parse_and_every_real_claim_states_paper_and_preset_settings():
+    helps, solves = parse_claims(TEMPLATE["claims"], FILE)
+    assert helps.setting["paper"] == "noise 0.1" and helps.setting["gpu"].endswith("3000 steps")
+    assert solves.setting == {}  # optional
+    for slug in ("mamba", "transformer"):
+        for claim in load_paper(slug).claims:
+            assert "paper" in claim.setting, f"{slug}/{claim.id}"
+            assert claim.opt_in or {"smoke", "cpu", "gpu"} <= set(claim.setting), f"{slug}/{claim.id}"

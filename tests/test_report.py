@@ -2,13 +2,15 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 
+from common import report as report_module
 from common.claims import NOT_REPRODUCED, REPRODUCED, shown_criterion
 from common.experiment import Claim, Criterion, Measure
 from common.paths import REPO_ROOT
-from common.report import build_report, main, markdown_to_html, natural_key, write_index
+from common.report import build_report, main, markdown_to_html, natural_key, shown_setting, write_index
 from common.reproduce import reproduce
 from common.tracking import Tracker
 
@@ -202,3 +204,26 @@ def test_a_report_from_one_machine_and_commit_shows_its_threads_and_no_warning(s
     build_report("_template", uri=store, out_root=tmp_path)
     readme = (tmp_path / "_template" / "README.md").read_text()
     assert "Mixed runs" not in readme and "hardware: cpu ·" in readme  # tags without a thread count
+
+
+def test_the_claims_table_says_where_a_preset_is_scaled_down_from_the_paper(store, tmp_path, monkeypatch):
+    build_report("_template", uri=store, out_root=tmp_path)  # reproduction "full", at preset smoke
+    readme = (tmp_path / "_template" / "README.md").read_text()
+    assert "| claim | statement | source | setting (paper → ours) | paper |" in readme
+    assert "| Sec. 1 (toy) | noise 0.1 → noise 0.1, 60 steps | MLP ~100%, linear ~50% |" in readme
+    assert "| Sec. 1 (toy) | — | 100.0% |" in readme  # mlp-solves-rings states no setting
+    claims = json.loads((tmp_path / "_template" / "results.json").read_text())["claims"]
+    assert [c["setting"] for c in claims] == [{"paper": "noise 0.1", "ours": "noise 0.1, 60 steps"}, None]
+    html_page = (tmp_path / "_template" / "report.html").read_text()
+    assert (
+        "<th>setting (paper → ours)</th>" in html_page
+        and "<td>noise 0.1 → noise 0.1, 60 steps</td>" in html_page
+    )
+    partial = Claim("c", "s", Measure("t", "v", "m"), setting={"paper": "L=4096, 16 tokens", "cpu": "L=64"})
+    assert (shown_setting(partial, "cpu"), shown_setting(partial, "gpu")) == ("L=4096, 16 tokens → L=64",
+                                                                              "L=4096, 16 tokens → —")  # fmt: skip
+    plain = report_module.parse_claims
+    monkeypatch.setattr(report_module, "parse_claims", lambda *a: [replace(c, setting={}) for c in plain(*a)])
+    build_report("_template", uri=store, out_root=tmp_path / "plain")
+    plain_readme = (tmp_path / "plain" / "_template" / "README.md").read_text()
+    assert "setting" not in plain_readme  # no column when no claim states a setting
