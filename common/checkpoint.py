@@ -7,7 +7,8 @@ RNG states, the step (which is also the data position: batches are a pure functi
 
 A run that starts from another run's weights and freezes part of them (LoRA, BitFit: ``base`` set,
 some parameters ``requires_grad=False``) checkpoints only its trainable parameters plus a reference to
-its base (``"base"``: the RunRef as a dict); the model is rebuilt from the base, then those tensors.
+its base (``"base"``: the pinned ``common.runs.BaseRun`` as a dict: RunRef, MLflow run id, sha256 of the
+base's weights); the model is rebuilt from exactly that base, then those tensors.
 """
 
 from __future__ import annotations
@@ -178,3 +179,9 @@ class WeightSnapshots:
 
     def average(self) -> dict[str, torch.Tensor]:
         return average_checkpoints([self.path(step) for step in self.steps()[-self.keep :]])
+
+
+def remove_checkpoints(ckpt_path: Path) -> None:
+    """Delete a run's checkpoint ``last.pt`` and its weight snapshots (a fresh run claims its folder)."""
+    ckpt_path.unlink(missing_ok=True)
+    WeightSnapshots(ckpt_path, keep=0).discard_after(-1)

@@ -7,7 +7,7 @@ the reproduction's seeds (each seed's value and the std are kept too; for ``rela
 difference is taken seed by seed), and the claim's criterion at the reproduction's preset applies to
 that mean with a margin (``judge``): reproduced when it holds for every seed or for mean ± std, not
 reproduced when it fails likewise, else "inconclusive (spread too large)". A claim that ``requires``
-another one is inconclusive unless that one is reproduced.
+another one, and would be reproduced, is inconclusive unless that one is reproduced too.
 The ``fmt`` family shows these numbers in the claim's unit (``percent``: ``95.0%``, a difference in
 points ``+5.0 pts``; ``float``: four significant digits).
 """

@@ -368,8 +368,7 @@ def validate(paper: Paper, cfg: Any, runs: list[Run]) -> None:
     """What can be checked in seconds before any training; the first problem, in one line.
 
     The presets exist; the plan's runs are unique, well formed (``_check_run_shape``) and their config
-    sections exist; a run that starts
-    from another run of the plan (``init_from``) comes after it; every claim's (task, variant) and
+    sections exist; a run that starts from another run of the plan (``init_from``) comes after it; every claim's (task, variant) and
     ``relative_to`` are runs of the plan, unless the claim is ``opt_in``.
     """
     for scale in SCALES:

@@ -3,7 +3,8 @@
 ``python -m common.golden [paper ...]`` (``nox -s golden``) trains every run of a paper's smoke
 preset exactly as ``common.reproduce`` does (the same plan, seeds, model set-up
 ``common.reproduce.prepare_model``: seeded, built, started from its ``init_from`` run; the shared
-loop), on the CPU and without MLflow, and writes
+loop), on the CPU, logging its losses in memory rather than to MLflow (a run that starts from another
+run's weights still finds them in the MLflow store or runs folder), and writes
 
     tests/golden/<paper>.json = {"paper", "preset", "commit", "dirty", "torch", "threads", "steps",
                                  "runs": {"<task>/<variant>/s<seed>": [[step, loss], ...]}}

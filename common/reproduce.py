@@ -22,6 +22,7 @@ whatever the verdicts; with ``strict=true``, exit 1 when a claim is not reproduc
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sys
 import time
@@ -34,19 +35,18 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from common import report
-from common.checkpoint import load_checkpoint, restore_weights
+from common.checkpoint import load_checkpoint, remove_checkpoints, restore_weights
 from common.config import BaseConfig, flatten, load_config, to_plain
 from common.errors import PaperzooError, TrainingDiverged
 from common.experiment import Paper, Run, load_paper, validate
 from common.models import zoo
 from common.models.zoo import spec_of
-from common.paths import discover_papers
+from common.paths import discover_papers, runs_dir
 from common.runs import (
-    ARTIFACT_DIR,
-    WEIGHTS,
     BaseRun,
     RunRef,
     count_parameters,
+    has_final_weights,
     load_run_weights,
     reproduction_order,
     require_finished,
@@ -87,7 +87,8 @@ def run_params(cfg, run: Run, seed: int, model) -> dict:
     if spec is not None:
         params.update(flatten({"arch": spec["arch"], **spec["config"]}, "model."))
     else:  # a model outside the zoo: its config node as written, with the variant's change applied
-        params.update({f"model.{k}": v for k, v in run.params.items() if f"model.{k}" in params})
+        model_prefix = f"{run.section}.model." if run.section else "model."
+        params.update({model_prefix + k: v for k, v in run.params.items() if model_prefix + k in params})
     params.update(flatten(to_plain(run.train), "train."))
     params.update({f"run.{k}": v for k, v in run.params.items()})
     params.update({"run.task": run.task, "run.variant": run.variant, "run.seed": seed})
@@ -110,25 +111,39 @@ def _mark_killed_if_running(tracker: Tracker | None, run_id: str | None) -> None
         tracker.client.set_terminated(run_id, status="KILLED")
 
 
-def claim_folders(paper: Paper, cfg, jobs: list[tuple[Run, int]], tracker: Tracker | None) -> None:
-    """A fresh reproduction owns its runs' checkpoint folders: an older checkpoint there is removed (its
-    MLflow run, if a SIGKILL left it RUNNING, is marked KILLED), so no later resume=true continues it."""
+def _marker(paper: Paper, cfg) -> Path:
+    """``runs/<paper>/<preset>/reproduction.json``: the id of the newest fresh reproduction there."""
+    return runs_dir() / paper.slug / cfg.scale / "reproduction.json"
+
+
+def claim_folders(
+    paper: Paper, cfg, jobs: list[tuple[Run, int]], tracker: Tracker | None, reproduction: str
+) -> None:
+    """A fresh reproduction owns its runs' checkpoint folders: it first records its id (so that a resume after
+    a kill, even before its first MLflow run, continues it), then removes an older checkpoint there (its
+    MLflow run, if a SIGKILL left it RUNNING, is marked KILLED), so no later resume=true continues that one."""
+    marker = _marker(paper, cfg)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"reproduction": reproduction, "runs": len(jobs)}) + "\n")
     for run, seed in jobs:
         ckpt = checkpoint_path(paper, cfg, run, seed)
         if ckpt.exists():
             with contextlib.suppress(PaperzooError):  # unreadable: nothing to mark, removed all the same
                 _mark_killed_if_running(tracker, load_checkpoint(ckpt).get("run_id"))
-        for stale in (ckpt, *ckpt.parent.glob("weights-*.pt")):
-            stale.unlink(missing_ok=True)
+        remove_checkpoints(ckpt)
 
 
 def reproduction_to_resume(paper: Paper, cfg, tracker: Tracker) -> str:
-    """resume=true continues the latest reproduction of the paper at this preset in the current store."""
+    """resume=true continues the newest fresh reproduction of the paper at this preset: the one the runs
+    folder names, else the latest in the store."""
+    marker = _marker(paper, cfg)
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return json.loads(marker.read_text())["reproduction"]
     latest = _runs_of(tracker, f"tags.preset = '{cfg.scale}'", max_results=1)
     if not latest or not latest[0].data.tags.get("reproduction"):
         raise PaperzooError(
-            f"resume=true: the MLflow store {tracking_uri()} has no reproduction of {paper.slug} at preset "
-            f"'{cfg.scale}' to continue; run without resume=true"
+            f"resume=true: neither {marker} nor the MLflow store {tracking_uri()} names a reproduction of "
+            f"{paper.slug} at preset '{cfg.scale}' to continue; run without resume=true"
         )
     return latest[0].data.tags["reproduction"]
 
@@ -164,9 +179,8 @@ def prepare_model(run: Run, seed: int, base: BaseRun | None = None) -> tuple[nn.
 def final_step_logged(tracker: Tracker, run_id: str | None) -> bool:
     """Whether the MLflow run of a finished checkpoint ended FINISHED with its final weights: a kill after
     training but before ``log_final`` leaves neither (resume=true then redoes that step)."""
-    artifacts = tracker.client.list_artifacts(run_id, ARTIFACT_DIR)
-    return tracker.client.get_run(run_id).info.status == "FINISHED" and any(
-        f.path.endswith(WEIGHTS) for f in artifacts
+    return tracker.client.get_run(run_id).info.status == "FINISHED" and has_final_weights(
+        tracker.client, run_id
     )
 
 
@@ -287,7 +301,7 @@ def reproduce(name: str, overrides: list[str]) -> int:
     else:
         reproduction = uuid.uuid4().hex[:12]
         if rank == 0:
-            claim_folders(paper, cfg, jobs, tracker)
+            claim_folders(paper, cfg, jobs, tracker, reproduction)
     if rank == 0:
         print(
             f"{paper.title}: {len(jobs)} runs at preset '{cfg.scale}' -> MLflow {tracking_uri()}", flush=True

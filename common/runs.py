@@ -68,6 +68,9 @@ class BaseRun:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> BaseRun:
+        if not {"ref", "run_id", "sha256"} <= set(raw):  # written before bases were pinned
+            raise PaperzooError(f"a base run recorded as {raw} is not pinned (no run id and sha256): written by "
+                                "an older paperzoo; rerun the fine-tune without resume=true")  # fmt: skip
         return cls(RunRef(**raw["ref"]), raw["run_id"], raw["sha256"])
 
     @property
@@ -110,6 +113,14 @@ def save_final(model: nn.Module, folder: Path, init_from: BaseRun | None = None)
 
 
 # ---- finding and loading ---------------------------------------------------------------------------
+def has_final_weights(mlflow_client, run_id: str) -> bool:
+    """Whether the MLflow run ``run_id`` holds the final weights artifact (False for a run id the store lacks)."""
+    try:
+        return any(f.path.endswith(WEIGHTS) for f in mlflow_client.list_artifacts(run_id, ARTIFACT_DIR))
+    except Exception:  # a run id this store does not hold
+        return False
+
+
 def _from_mlflow(ref: RunRef, dst: Path, run_id: str | None = None) -> tuple[Path, str] | None:
     """Download the model artifacts of the MLflow run ``run_id`` (default: the latest FINISHED run of
     ``ref``) into ``dst``: (the folder, the run id), or None when that run or its weights are missing."""
@@ -133,11 +144,7 @@ def _from_mlflow(ref: RunRef, dst: Path, run_id: str | None = None) -> tuple[Pat
         if not found:
             return None
         run_id = found[0].info.run_id
-    try:
-        artifacts = mlflow_client.list_artifacts(run_id, ARTIFACT_DIR)
-    except Exception:  # a run id this store does not hold
-        return None
-    if not any(f.path.endswith(WEIGHTS) for f in artifacts):
+    if not has_final_weights(mlflow_client, run_id):
         return None
     download_artifacts(
         run_id=run_id, artifact_path=ARTIFACT_DIR, dst_path=str(dst), tracking_uri=mlflow_client.tracking_uri

@@ -197,7 +197,11 @@ def train(
     start, resumed_from = 0, None
     if resume and ckpt_path is not None and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        if trainable_only and state.get("base") != asdict(base):
+        recorded_base = state.get("base") or {}
+        if trainable_only and (recorded_base.get("ref"), recorded_base.get("sha256")) != (
+            asdict(base.ref),
+            base.sha256,
+        ):
             recorded = BaseRun.from_dict(state["base"]).where if state.get("base") else "no base"
             raise PaperzooError(
                 f"checkpoint {ckpt_path} continues {recorded}, but the model was loaded from {base.where}; "

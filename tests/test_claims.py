@@ -27,5 +27,22 @@ def test_judge(per_seed, verdict):
     assert judge(AT_MOST_70, per_seed) == verdict
 
 
-def test_spread_too_large_is_an_inconclusive_verdict():
-    assert verdict_class(SPREAD_TOO_LARGE) == "inconclusive" and "spread too large" in SPREAD_TOO_LARGE
+def test_a_claim_requiring_one_with_too_much_spread_is_inconclusive():
+    from types import SimpleNamespace
+
+    from common.claims import INCONCLUSIVE, evaluate
+    from common.experiment import parse_claims
+
+    claims = parse_claims([
+        {"id": "lti-fails", "statement": "s", "format": "percent", "criteria": {"cpu": "<= 0.70"},
+         "measure": {"task": "t", "variant": "lti", "metric": "test/acc"}},
+        {"id": "s6-solves", "statement": "s", "format": "percent", "criteria": {"cpu": ">= 0.95"},
+         "measure": {"task": "t", "variant": "s6", "metric": "test/acc"}, "requires": "lti-fails"},
+    ], "paper.yaml")  # fmt: skip
+    accuracy = {"lti": [0.694, 0.718, 0.65], "s6": [1.0, 0.999, 0.998]}
+    runs = {("t", v, str(seed)): SimpleNamespace(data=SimpleNamespace(metrics={"test/acc": acc}),
+                                                 info=SimpleNamespace(run_id=f"{v}{seed}"))
+            for v, accs in accuracy.items() for seed, acc in enumerate(accs)}  # fmt: skip
+    lti, s6 = evaluate(claims, runs, "cpu")
+    assert lti.verdict == SPREAD_TOO_LARGE and verdict_class(lti.verdict) == INCONCLUSIVE
+    assert s6.verdict == f"{INCONCLUSIVE} (lti-fails: {SPREAD_TOO_LARGE})"

@@ -170,3 +170,12 @@ def test_nox_lists_every_session():
     expected |= {"reproduce-" + slug.lstrip("_").replace("_", "-") for slug in papers}
     assert expected <= names, expected - names
     assert "reproduce-template" in names
+
+
+def test_reproduce_all_reports_each_paper_error_and_goes_on(lab, capsys):
+    from common.reproduce import main
+
+    assert main(["--all", "scale=smoke", "nonsense.key=1"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(":")[1].strip() for line in errors] == ["mamba", "transformer"]
+    assert all(line.startswith("error: ") and "unknown config key 'nonsense'" in line for line in errors)

@@ -54,3 +54,11 @@ def test_sigterm_to_nox_stops_the_server(tmp_path):
     finally:
         if nox.poll() is None:
             nox.kill()
+
+
+def test_a_bad_port_is_one_line(capsys):
+    from common.mlflow_ui import main
+
+    assert main(["--port", "abc"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: argument --port: invalid int value: 'abc'")

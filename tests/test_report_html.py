@@ -12,7 +12,10 @@ import pytest
 from common.report import build_report
 from common.tracking import Tracker
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+CHROMIUM, CHROMEDRIVER = (
+    shutil.which("chromium") or "chromium",
+    shutil.which("chromedriver") or "chromedriver",
+)
 
 
 def browser_or_skip():
