@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from common.tracking import cpu_name
+from common.tracking import cpu_name, git_info
 
 
 def sync(device: torch.device) -> None:
@@ -42,8 +42,13 @@ def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.devi
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
+def _commit() -> str:
+    info = git_info()
+    return info["git_commit"][:10] + (" (dirty)" if info["git_dirty"] == "true" else "")
+
+
 def environment(device: torch.device) -> dict:
-    """Where the numbers come from: ``hardware`` (cpu, gpu, device, threads), ``torch`` and ``date``."""
+    """Where the numbers come from: ``hardware`` (cpu, gpu, device, threads), ``torch``, ``commit``, ``date``."""
     return {
         "hardware": {
             "cpu": cpu_name(),
@@ -52,6 +57,7 @@ def environment(device: torch.device) -> dict:
             "threads": torch.get_num_threads(),
         },
         "torch": torch.__version__,
+        "commit": _commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
@@ -60,7 +66,7 @@ def environment_line(result: dict) -> str:
     hw = result["hardware"]
     return (
         f"CPU: {hw['cpu']}; GPU: {hw['gpu'] or 'none'}; device: {hw['device']}, {hw['threads']} threads; "
-        f"torch {result['torch']}; {result['date']}"
+        f"torch {result['torch']}; commit {result.get('commit', '?')}; {result['date']}"
     )
 
 
