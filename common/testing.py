@@ -48,6 +48,21 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
 
 
 @pytest.fixture
+def lab_copy(tmp_path) -> Path:
+    """A scratch copy of the lab (common/, the template paper, pyproject.toml) that a test may break."""
+    import shutil
+
+    repo = tmp_path / "lab"
+    (repo / "papers").mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(REPO_ROOT / "common", repo / "common", ignore=ignore)
+    shutil.copytree(REPO_ROOT / "papers" / "_template", repo / "papers" / "_template", ignore=ignore)
+    shutil.copy(REPO_ROOT / "papers" / "__init__.py", repo / "papers")
+    shutil.copy(REPO_ROOT / "pyproject.toml", repo)
+    return repo
+
+
+@pytest.fixture
 def lab(tmp_path, monkeypatch):
     """Point MLflow, checkpoints, reports and caches at tmp_path (for this process and its children)."""
     for key, value in lab_env(tmp_path).items():

@@ -1,7 +1,6 @@
 """The user-facing commands: reproduce, report, new-paper and nox, with their one-line errors."""
 
 import json
-import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -136,15 +135,9 @@ def test_new_paper_scaffold_validates_the_slug(lab):
 
 
 @pytest.mark.slow
-def test_new_paper_copy_passes_its_tests_and_reproduces(tmp_path):
+def test_new_paper_copy_passes_its_tests_and_reproduces(tmp_path, lab_copy):
     """In a scratch copy of the lab: new-paper, the copy's tests, then its smoke reproduction."""
-    repo = tmp_path / "lab"
-    (repo / "papers").mkdir(parents=True)
-    shutil.copytree(REPO_ROOT / "common", repo / "common", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO_ROOT / "papers" / "_template", repo / "papers" / "_template",
-                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
-    shutil.copy(REPO_ROOT / "papers" / "__init__.py", repo / "papers")
-    shutil.copy(REPO_ROOT / "pyproject.toml", repo)
+    repo = lab_copy
     env = lab_env(tmp_path / "store")
     made = run_cli("-m", "common.scaffold", "demo-idea", "--title", "Demo Idea", cwd=repo, env=env)
     assert made.returncode == 0, made.stderr

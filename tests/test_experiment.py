@@ -143,18 +143,6 @@ def test_lazy_task_builds_nothing_until_used():
     assert task.task == "the task" and task.task == "the task" and built == [1]
 
 
-@pytest.fixture
-def lab_copy(tmp_path):
-    """A scratch copy of the lab (common/ and the template) whose papers the test may break."""
-    repo = tmp_path / "lab"
-    (repo / "papers").mkdir(parents=True)
-    shutil.copytree(REPO_ROOT / "common", repo / "common", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO_ROOT / "papers" / "_template", repo / "papers" / "_template",
-                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
-    shutil.copy(REPO_ROOT / "papers" / "__init__.py", repo / "papers")
-    return repo
-
-
 def test_a_paper_yaml_typo_fails_in_seconds_before_any_training(lab_copy, lab):
     yaml_file = lab_copy / "papers" / "_template" / "paper.yaml"
     yaml_file.write_text(yaml_file.read_text().replace("    measure: {task: rings, variant: mlp, metric: test/acc}\n",
