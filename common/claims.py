@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.experiment import Claim, Criterion
+from common.tracking import newest_runs
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN, UNCHECKED = "reproduced", "not reproduced", "not run", "no criterion"
 INCONCLUSIVE = "inconclusive"  # its criterion holds, but a claim it requires was not reproduced, or:
@@ -51,12 +52,8 @@ class Reproduction:
 
 def reproductions(mlflow_client, slug: str, preset: str | None = None) -> list[Reproduction]:
     """Every reproduction of a paper (at ``preset``, if given), the newest first."""
-    experiment = mlflow_client.get_experiment_by_name(slug)
-    if experiment is None:
-        return []
     found: dict[str, Reproduction] = {}
-    for run in mlflow_client.search_runs([experiment.experiment_id], max_results=50000,
-                                         order_by=["attributes.start_time DESC"]):  # fmt: skip
+    for run in newest_runs(mlflow_client, slug, max_results=50000):
         tags = run.data.tags
         if not tags.get("reproduction") or (preset and tags.get("preset") != preset):
             continue

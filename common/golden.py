@@ -11,8 +11,8 @@ run's weights still finds them in the MLflow store or runs folder), and writes
 
 ``train.log_every`` is set to 1 (logging only: the numerics do not change) so the curve has every
 step, and the final evaluation is skipped (it comes after the last step). ``steps`` caps how many
-steps of each run are compared (``FIRST_STEPS``: the schedule still sees the full ``max_steps``;
-training just stops early). tests/test_golden.py reruns the same and compares step by step, so a
+steps of each run are recorded and compared (``write_golden(slug, steps)``, for a paper whose smoke
+preset is slow: the schedule still sees the full ``max_steps``; training just stops early). tests/test_golden.py reruns the same and compares step by step, so a
 change that silently alters training (initialisation, data order, schedule) fails there with both
 curves side by side; regenerate the files on purpose with ``nox -s golden``.
 """
@@ -41,7 +41,6 @@ from common.train import train
 
 GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
 PRESET = "smoke"
-FIRST_STEPS: dict[str, int] = {}  # paper -> compare only its first N steps (when its smoke preset is slow)
 
 Curve = list[tuple[int, float]]
 
@@ -87,8 +86,7 @@ def golden_path(slug: str) -> Path:
     return GOLDEN_DIR / f"{slug}.json"
 
 
-def write_golden(slug: str) -> Path:
-    steps = FIRST_STEPS.get(slug)
+def write_golden(slug: str, steps: int | None = None) -> Path:
     info = git_info()
     record = {
         "paper": slug, "preset": PRESET, "commit": info["git_commit"], "dirty": info["git_dirty"] == "true",

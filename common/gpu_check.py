@@ -38,7 +38,7 @@ from common.config import load_config, to_plain
 from common.errors import PaperzooError
 from common.experiment import load_paper
 from common.paths import REPO_ROOT, discover_papers, reports_dir
-from common.tracking import git_info
+from common.tracking import git_info, newest_runs
 
 STEPS = 20
 TOTAL_SECONDS, PYTEST_SECONDS, PAPER_SECONDS, GPT_SECONDS = 420, 75, 150, 90
@@ -125,9 +125,7 @@ def run_paper(slug: str, scratch: Path, timeout: float) -> list[Check]:
         failure = f"timed out after {timeout:.0f}s"
     checks = []
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(slug)
-    runs = client.search_runs([experiment.experiment_id]) if experiment else []
-    for run in sorted(runs, key=lambda r: r.info.start_time):
+    for run in reversed(newest_runs(client, slug)):  # in the order they ran
         tokens = run.data.metrics.get("tokens_per_s")
         numbers = f"{tokens:,.0f} tokens/s" if tokens is not None else "no tokens/s logged"
         checks.append(Check(f"{slug}: {run.info.run_name}", run.info.status == "FINISHED", numbers))

@@ -310,25 +310,7 @@ def existing_report(out: Path) -> dict[str, Any] | None:
     """The preset, run count and verdict totals of the report in ``out`` (None: no report there)."""
     if (out / "results.json").exists():
         return json.loads((out / "results.json").read_text())
-    if (out / "README.md").exists():
-        return legacy_readme_summary(out / "README.md")
     return None
-
-
-def legacy_readme_summary(readme: Path) -> dict[str, Any]:
-    """What ``existing_report`` needs, read from a README.md written before results.json existed.
-
-    Goes once every committed report has a results.json (the reports are being regenerated).
-    """
-    text = readme.read_text()
-    preset, runs = re.search(r"Preset \*\*(\w+)\*\*", text), re.search(r"(\d+) runs\.", text)
-    return {
-        "preset": preset.group(1) if preset else "?",
-        "runs": int(runs.group(1)) if runs else 0,
-        "totals": {
-            v: text.count(f"**{v}") if v == INCONCLUSIVE else text.count(f"**{v}**") for v in VERDICTS
-        },
-    }
 
 
 def preset_rank(preset: str) -> int:

@@ -53,7 +53,7 @@ from common.runs import (
     run_dir,
     save_final,
 )
-from common.tracking import Tracker, git_info, system_info, tracking_uri
+from common.tracking import Tracker, git_info, newest_runs, system_info, tracking_uri
 from common.train import TrainResult, distributed_context, pick_device, run_evaluation, train
 
 
@@ -95,11 +95,6 @@ def run_params(cfg, run: Run, seed: int, model) -> dict:
     return params
 
 
-def _runs_of(tracker: Tracker, query: str, max_results: int = 1000) -> list:
-    return tracker.client.search_runs([tracker.experiment_id], query, order_by=["attributes.start_time DESC"],
-                                      max_results=max_results)  # fmt: skip
-
-
 def _mark_killed_if_running(tracker: Tracker | None, run_id: str | None) -> None:
     if tracker is None or not run_id:
         return
@@ -139,7 +134,7 @@ def reproduction_to_resume(paper: Paper, cfg, tracker: Tracker) -> str:
     marker = _marker(paper, cfg)
     with contextlib.suppress(OSError, ValueError, KeyError):
         return json.loads(marker.read_text())["reproduction"]
-    latest = _runs_of(tracker, f"tags.preset = '{cfg.scale}'", max_results=1)
+    latest = newest_runs(tracker.client, paper.slug, f"tags.preset = '{cfg.scale}'", max_results=1)
     if not latest or not latest[0].data.tags.get("reproduction"):
         raise PaperzooError(
             f"resume=true: neither {marker} nor the MLflow store {tracking_uri()} names a reproduction of "
@@ -239,7 +234,7 @@ def run_one(
     elif cfg.resume and tracker is not None:  # never checkpointed: a run a SIGKILL left RUNNING is ended
         query = (f"tags.reproduction = '{reproduction}' and tags.task = '{run.task}' and "
                  f"tags.variant = '{run.variant}' and tags.seed = '{seed}' and attributes.status = 'RUNNING'")  # fmt: skip
-        for stale in _runs_of(tracker, query):
+        for stale in newest_runs(tracker.client, paper.slug, query):
             _mark_killed_if_running(tracker, stale.info.run_id)
     finishing = resuming and state.get("finished")  # killed after training, before its final step
     pinned = BaseRun.from_dict(state["base"]) if resuming and state.get("base") else None

@@ -126,21 +126,16 @@ def _from_mlflow(ref: RunRef, dst: Path, run_id: str | None = None) -> tuple[Pat
     ``ref``) into ``dst``: (the folder, the run id), or None when that run or its weights are missing."""
     from mlflow.artifacts import download_artifacts
 
-    from common.tracking import client
+    from common.tracking import client, newest_runs
 
     mlflow_client = client()
     if run_id is None:
-        experiment = mlflow_client.get_experiment_by_name(ref.paper)
-        if experiment is None:
-            return None
         tags = {"paper": ref.paper, "preset": ref.preset, "task": ref.task, "variant": ref.variant,
                 "seed": ref.seed}  # fmt: skip
         query = (
             " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items()) + " and attributes.status = 'FINISHED'"
         )
-        found = mlflow_client.search_runs(
-            [experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
-        )
+        found = newest_runs(mlflow_client, ref.paper, query, max_results=1)
         if not found:
             return None
         run_id = found[0].info.run_id

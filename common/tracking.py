@@ -118,6 +118,16 @@ def client(uri: str | None = None):
     return mlflow_client
 
 
+def newest_runs(mlflow_client, experiment: str, query: str = "", max_results: int = 1000) -> list:
+    """The runs of the MLflow experiment ``experiment`` that match the filter ``query``, the newest first
+    ([] when the store has no such experiment)."""
+    found = _retry(lambda: mlflow_client.get_experiment_by_name(experiment))
+    if found is None:
+        return []
+    return _retry(lambda: mlflow_client.search_runs([found.experiment_id], query, max_results=max_results,
+                                                    order_by=["attributes.start_time DESC"]))  # fmt: skip
+
+
 def experiment_id(mlflow_client, name: str) -> str:
     found = _retry(lambda: mlflow_client.get_experiment_by_name(name))
     if found is not None:

@@ -10,7 +10,7 @@ from common import report as report_module
 from common.claims import NOT_REPRODUCED, REPRODUCED, shown_criterion
 from common.experiment import Claim, Criterion, Measure
 from common.paths import REPO_ROOT
-from common.report import build_report, main, markdown_to_html, natural_key, shown_setting, write_index
+from common.report import build_report, main, markdown_to_html, natural_key, shown_setting
 from common.reproduce import reproduce
 from common.tracking import Tracker
 
@@ -114,15 +114,6 @@ def test_report_cli_strict_and_reproduction(store, lab, monkeypatch, capsys):
         in captured.err
     )
     assert "error: no paper has runs of reproduction 'nope'" in captured.err
-
-
-def test_the_index_reads_legacy_reports_without_results_json(tmp_path):
-    shutil.copytree(
-        REPO_ROOT / "reports" / "mamba", tmp_path / "mamba", ignore=shutil.ignore_patterns("*.html", "*.png")
-    )
-    (tmp_path / "mamba" / "results.json").unlink(missing_ok=True)
-    index = write_index(tmp_path).read_text()
-    assert "| [mamba](mamba/README.md) | cpu | 8 | 0 | 0 | 0 | 0 |" in index
 
 
 def test_a_lower_preset_never_replaces_a_higher_one_unless_forced(store, lab, monkeypatch, capsys):
