@@ -21,6 +21,8 @@ Each claim in ``paper.yaml``::
         metric: test/acc                  # ... with which metric; a glob ("acc/L*") is reduced
         reduce: min                       # min | max | mean (over the metrics the glob matches)
         relative_to: lti                  # optional: ours = value(variant) - value(relative_to)
+        best: min                         # with a variant glob ("gpt_lr*", a learning-rate search): per seed,
+                                          # the min | max over the variants it matches (relative_to too)
       criteria: {smoke: null, cpu: ">= 0.95", gpu: ">= 0.99"}   # on the mean over seeds
       setting: {paper: "L=4096, 16 tokens", cpu: "L=64, 4 tokens"}  # optional: where a preset is scaled down
       requires: other-claim-id            # optional: only meaningful if that claim is reproduced
@@ -36,6 +38,7 @@ folders (never a hand-kept list); the nox session of ``papers/my_idea`` is ``rep
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import importlib
 import operator
 import re
@@ -185,6 +188,7 @@ class Measure:
     metric: str  # a metric name or a glob ("acc/L*"), reduced with ``reduce``
     reduce: str = "mean"
     relative_to: str | None = None  # ours = value(variant) - value(relative_to), seed by seed
+    best: str | None = None  # "min" | "max": a variant glob's best variant per seed (e.g. over an lr search)
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -208,7 +212,9 @@ class Claim:
         return self.criteria.get(preset)
 
     def measures(self, task: str, variant: str) -> bool:
-        return task == self.measure.task and variant in self.measure.variants
+        return task == self.measure.task and any(
+            fnmatch.fnmatchcase(variant, v) for v in self.measure.variants
+        )
 
 
 def _fields(cls: type, raw: Any, where: str) -> dict[str, Any]:
@@ -245,6 +251,11 @@ def parse_claims(raw: Any, file: str) -> list[Claim]:
         fields_ = _fields(Claim, item, where)
         measure = Measure(**_fields(Measure, fields_["measure"], f"{where}, measure"))
         _choice(measure.reduce, REDUCERS, where, "measure.reduce")
+        globbed = any(set("*?[") & set(v) for v in measure.variants)
+        if globbed or measure.best is not None:
+            if not globbed:
+                raise PaperzooError(f"{where}: measure.best needs a variant glob, e.g. 'gpt_lr*'")
+            _choice(measure.best, ("min", "max"), where, "measure.best (the variant glob's best)")
         _choice(fields_.get("format", "float"), FORMATS, where, "format")
         criteria = fields_.get("criteria") or {}
         if not isinstance(criteria, dict):
@@ -402,7 +413,7 @@ def validate(paper: Paper, cfg: Any, runs: list[Run]) -> None:
             continue
         m = claim.measure
         for key, variant in (("variant", m.variant), ("relative_to", m.relative_to)):
-            if variant and f"{m.task}/{variant}" not in keys:
+            if variant and not fnmatch.filter(keys, f"{m.task}/{variant}"):
                 wrong = (
                     "measure.task" if not any(k.startswith(m.task + "/") for k in keys) else f"measure.{key}"
                 )

@@ -70,7 +70,10 @@ def _metric_panel(ax, result: ClaimResult, runs: dict[RunKey, Any]) -> None:
         per_seed = [list(measured(runs, m.task, v, m.metric, "mean")[0].values()) for v in variants]
         means = [statistics.fmean(xs) if xs else 0 for xs in per_seed]
         stds = [statistics.stdev(xs) if len(xs) > 1 else 0 for xs in per_seed]
-        colors = ["tab:orange" if v in m.variants else "tab:blue" for v in variants]
+        colors = [
+            "tab:orange" if any(fnmatch.fnmatchcase(v, p) for p in m.variants) else "tab:blue"
+            for v in variants
+        ]
         ax.bar(variants, means, yerr=stds if any(stds) else None, color=colors)
         ax.tick_params(axis="x", rotation=20)
     if isinstance(result.claim.paper, (int, float)) and not m.relative_to:

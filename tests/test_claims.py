@@ -46,3 +46,47 @@ def test_a_claim_requiring_one_with_too_much_spread_is_inconclusive():
     lti, s6 = evaluate(claims, runs, "cpu")
     assert lti.verdict == SPREAD_TOO_LARGE and verdict_class(lti.verdict) == INCONCLUSIVE
     assert s6.verdict == f"{INCONCLUSIVE} (lti-fails: {SPREAD_TOO_LARGE})"
+
+
+def test_an_lr_search_is_judged_on_each_sides_best_run_seed_by_seed():
+    """measure.variant / relative_to as globs with best: min -> per seed, the best lr of each side."""
+    from types import SimpleNamespace
+
+    from common.claims import evaluate
+    from common.experiment import parse_claims
+
+    (claim,) = parse_claims([
+        {"id": "rwkv-vs-gpt", "statement": "s", "criteria": {"cpu": "<= 0.05"},
+         "measure": {"task": "lm", "variant": "rwkv_lr*", "relative_to": "gpt_lr*", "metric": "val/loss",
+                     "best": "min"}},
+    ], "paper.yaml")  # fmt: skip
+    loss = {
+        ("rwkv_lr1", "0"): 1.60,
+        ("rwkv_lr3", "0"): 1.50,
+        ("gpt_lr1", "0"): 1.48,
+        ("gpt_lr3", "0"): 1.70,
+        ("rwkv_lr1", "1"): 1.40,
+        ("rwkv_lr3", "1"): 1.55,
+        ("gpt_lr1", "1"): 1.52,
+        ("gpt_lr3", "1"): 1.45,
+    }
+    runs = {("lm", v, seed): SimpleNamespace(data=SimpleNamespace(metrics={"val/loss": value}),
+                                             info=SimpleNamespace(run_id=f"{v}/{seed}"))
+            for (v, seed), value in loss.items()}  # fmt: skip
+    (result,) = evaluate([claim], runs, "cpu")
+    assert result.per_seed == pytest.approx({"0": 1.50 - 1.48, "1": 1.40 - 1.45})
+    assert sorted(result.run_ids) == ["gpt_lr1/0", "gpt_lr3/1", "rwkv_lr1/1", "rwkv_lr3/0"]
+    assert claim.measures("lm", "gpt_lr3") and not claim.measures("lm", "mamba_lr3")
+
+
+@pytest.mark.parametrize("measure, error", [
+    ({"variant": "rwkv_lr*"}, "bad measure.best"),
+    ({"variant": "rwkv", "best": "min"}, "needs a variant glob"),
+])  # fmt: skip
+def test_a_variant_glob_needs_best_and_best_needs_a_glob(measure, error):
+    from common.errors import PaperzooError
+    from common.experiment import parse_claims
+
+    raw = [{"id": "c", "statement": "s", "measure": {"task": "lm", "metric": "val/loss", **measure}}]
+    with pytest.raises(PaperzooError, match=error):
+        parse_claims(raw, "paper.yaml")
