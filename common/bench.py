@@ -6,6 +6,7 @@ A benchmark measures speed only (never a test assertion): ``nox -s bench`` runs 
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import time
@@ -77,3 +78,16 @@ def write_results(out_dir: str | Path, result: dict, markdown: Callable[[dict], 
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "bench.md").write_text(markdown(result))
     return result
+
+
+def cli(
+    description: str, default_out: Path, run: Callable[..., dict], markdown: Callable[[dict], str]
+) -> None:
+    """A paper's ``python -m papers.<slug>.bench [--out DIR] [--lengths L ...] [--repeats N]``: ``run(out,
+    lengths, repeats)``, then its markdown on stdout."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=default_out)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(markdown(run(args.out, tuple(args.lengths), args.repeats)), end="")

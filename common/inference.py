@@ -24,7 +24,7 @@ from torch import nn
 from common.models.lm import state_tensors
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generation_cost(model: nn.Module, position: int, n_tokens: int = 32, seed: int = 0) -> dict[str, float]:
     """{"ms_per_token": median time of one ``step`` at ``position``, "state_bytes": the state's size there}."""
     was_training = model.training

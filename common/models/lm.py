@@ -288,7 +288,7 @@ class CausalLM(nn.Module):
             layers.append(layer_state)
         return self.head(self.norm_f(x)), {"pos": start + idx.shape[1], "layers": layers}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self,
         idx: torch.Tensor,

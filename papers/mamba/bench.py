@@ -15,7 +15,6 @@ DIR/bench.md and DIR/bench.json (default DIR: reports/mamba) and ``run`` returns
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 from functools import partial
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.bench import environment, environment_line, sync, timed, write_results
+from common.bench import cli, environment, environment_line, sync, timed, write_results
 from common.models.lm import state_tensors
 from common.paths import reports_dir
 
@@ -213,12 +212,7 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=reports_dir() / "mamba")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    print(_markdown(run(args.out, tuple(args.lengths), args.repeats)), end="")
+    cli(__doc__.splitlines()[0], reports_dir() / "mamba", run, _markdown)
 
 
 if __name__ == "__main__":

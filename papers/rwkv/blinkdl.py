@@ -34,33 +34,26 @@ from common.models.lm import CausalLM
 
 from .model import RWKV4Config, RWKV7Config, TimeMix4, TimeMix7
 
-_OURS_TO_THEIRS = (
-    (r"^embed\.", "emb."),
-    (r"^embed_norm\.", "blocks.0.ln0."),
-    (r"^blocks\.(\d+)\.norm1\.", r"blocks.\1.ln1."),
-    (r"^blocks\.(\d+)\.norm2\.", r"blocks.\1.ln2."),
-    (r"^blocks\.(\d+)\.mixer\.", r"blocks.\1.att."),
-    (r"^blocks\.(\d+)\.mlp\.", r"blocks.\1.ffn."),
-    (r"^norm_f\.", "ln_out."),
-)
-_THEIRS_TO_OURS = (
-    (r"^emb\.", "embed."),
-    (r"^blocks\.0\.ln0\.", "embed_norm."),
-    (r"^blocks\.(\d+)\.ln1\.", r"blocks.\1.norm1."),
-    (r"^blocks\.(\d+)\.ln2\.", r"blocks.\1.norm2."),
-    (r"^blocks\.(\d+)\.att\.", r"blocks.\1.mixer."),
-    (r"^blocks\.(\d+)\.ffn\.", r"blocks.\1.mlp."),
-    (r"^ln_out\.", "norm_f."),
+_NAMES = (  # (ours, theirs) name prefixes; {i}: a block index
+    ("embed.", "emb."),
+    ("embed_norm.", "blocks.0.ln0."),
+    ("blocks.{i}.norm1.", "blocks.{i}.ln1."),
+    ("blocks.{i}.norm2.", "blocks.{i}.ln2."),
+    ("blocks.{i}.mixer.", "blocks.{i}.att."),
+    ("blocks.{i}.mlp.", "blocks.{i}.ffn."),
+    ("norm_f.", "ln_out."),
 )
 _FLAT_IN_FILE = re.compile(r"\.(time_decay|time_first|ln_x\.\w+)$")  # 1-D in both layouts
 
 
-def _rename(name: str, rules) -> str:
-    for pattern, replacement in rules:
-        name, hits = re.subn(pattern, replacement, name)
-        if hits:
-            return name
-    return name  # head.weight: the same in both
+def _rename(name: str, to_theirs: bool) -> str:
+    """A state-dict name in the other layout (head.weight is the same in both)."""
+    for ours, theirs in _NAMES:
+        source, target = (ours, theirs) if to_theirs else (theirs, ours)
+        found = re.match(re.escape(source).replace(re.escape("{i}"), r"(?P<i>\d+)"), name)
+        if found:
+            return target.replace("{i}", found.groupdict().get("i") or "") + name[found.end() :]
+    return name
 
 
 def _version(model: CausalLM) -> int:
@@ -79,7 +72,7 @@ def save_blinkdl(model: CausalLM, path: str | Path) -> Path:
     _version(model)
     out = {}
     for name, tensor in model.state_dict().items():
-        theirs = _rename(name, _OURS_TO_THEIRS)
+        theirs = _rename(name, to_theirs=True)
         tensor = tensor.detach().float().cpu().clone()
         if (
             tensor.dim() == 1
@@ -130,7 +123,7 @@ def load_blinkdl(path: str | Path) -> CausalLM:
         if re.fullmatch(r"blocks\.0\.att\.v[012]", theirs):
             continue  # layer 0 of RWKV-7 has no value residual (some RWKV-LM versions store unused ones)
         tensor = tensor.float()
-        ours[_rename(theirs, _THEIRS_TO_OURS)] = tensor.view(-1) if tensor.dim() == 3 else tensor
+        ours[_rename(theirs, to_theirs=False)] = tensor.view(-1) if tensor.dim() == 3 else tensor
     missing, unexpected = model.load_state_dict(ours, strict=False)
     if missing or unexpected:
         raise PaperzooError(f"{path}: {name} checkpoint does not match (missing {missing[:3]}, unexpected "

@@ -183,10 +183,16 @@ def plan(cfg: Config) -> list[Run]:
     lm = cfg.language_model
     lm_task = LazyTask(lambda: RecurrentLMTask(lm))
     q, st = cfg.mqar, cfg.state_tracking
-    mqar = MQAR(q.length, q.n_pairs, q.vocab, test_size=q.test_size)
-    tracking = LazyTask(lambda: StateTracking(st.group, st.length, tuple(st.test_lengths), st.test_size))
+    try:  # synthetic tasks build no data until they train: their arguments are checked here, before any run
+        mqar = MQAR(q.length, q.n_pairs, q.vocab, test_size=q.test_size)
+    except ValueError as err:
+        raise PaperzooError(f"mqar: {err}") from None
+    try:
+        tracking = StateTracking(st.group, st.length, tuple(st.test_lengths), st.test_size)
+    except ValueError as err:
+        raise PaperzooError(f"state_tracking: {err}") from None
     return [
         *lr_search("shakespeare_char", "language_model", lm, lm_task, lambda: lm_task.task.vocab_size),
         *lr_search("mqar", "mqar", q, mqar, lambda: q.vocab),
-        *lr_search("state_tracking", "state_tracking", st, tracking, lambda: tracking.task.vocab_size),
+        *lr_search("state_tracking", "state_tracking", st, tracking, lambda: tracking.vocab_size),
     ]

@@ -62,7 +62,7 @@ GROUP_NORM_EPS = (
 
 def token_shift(x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     """(B, T, C), (B, C) -> (B, T, C): the input one position back, ``prev`` at t = 0."""
-    return torch.cat([prev[:, None], x[:, :-1]], dim=1)
+    return prev[:, None] if x.shape[1] == 1 else torch.cat([prev[:, None], x[:, :-1]], dim=1)
 
 
 def _ratios(layer_id: int, n_layers: int) -> tuple[float, float]:
@@ -91,6 +91,25 @@ def _linear(d_in: int, d_out: int, scale: float) -> nn.Linear:
 def _lora_dim(d_model: int, factor: float, power: float) -> int:
     """RWKV-7's suggested low-rank sizes: max(32, round(factor · C^power / 32) · 32)."""
     return max(32, int(round(factor * d_model**power / 32)) * 32)
+
+
+class TokenShiftMix(nn.Module):
+    """A channel mix whose only state is the previous token's input x_prev (B, C): subclasses define
+    ``prefill(x (B, T, C), x_prev) -> (y, x[:, -1])``; forward and step follow from it."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.d_model = d_model
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
+        return torch.zeros(batch_size, self.d_model, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prefill(x, self.init_state(x.shape[0], x.device, x.dtype))[0]
+
+    def step(self, x: torch.Tensor, prev: torch.Tensor):
+        y, prev = self.prefill(x[:, None], prev)
+        return y[:, 0], prev
 
 
 # ---- RWKV-4 --------------------------------------------------------------------------------------
@@ -142,11 +161,11 @@ class TimeMix4(nn.Module):
         return y[:, 0], state
 
 
-class ChannelMix4(nn.Module):
-    """RWKV-4 channel mixing. State: x_prev (B, C)."""
+class ChannelMix4(TokenShiftMix):
+    """RWKV-4 channel mixing."""
 
     def __init__(self, d_model: int, layer_id: int, n_layers: int, hidden: int = 0):
-        super().__init__()
+        super().__init__(d_model)
         hidden = hidden or 4 * d_model
         _, down = _ratios(layer_id, n_layers)
         self.time_mix_k = nn.Parameter(_channel_ramp(d_model) ** down)
@@ -154,21 +173,11 @@ class ChannelMix4(nn.Module):
         self.key = _linear(d_model, hidden, 1.0)
         self.receptance, self.value = _linear(d_model, d_model, 0), _linear(hidden, d_model, 0)
 
-    def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
-        return torch.zeros(batch_size, self.time_mix_k.numel(), device=device, dtype=dtype)
-
     def prefill(self, x: torch.Tensor, prev: torch.Tensor):  # (B, T, C), (B, C)
         xx = token_shift(x, prev)
         xk = x * self.time_mix_k + xx * (1 - self.time_mix_k)
         xr = x * self.time_mix_r + xx * (1 - self.time_mix_r)
         return torch.sigmoid(self.receptance(xr)) * self.value(torch.relu(self.key(xk)) ** 2), x[:, -1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.prefill(x, self.init_state(x.shape[0], x.device, x.dtype))[0]
-
-    def step(self, x: torch.Tensor, prev: torch.Tensor):
-        y, prev = self.prefill(x[:, None], prev)
-        return y[:, 0], prev
 
 
 # ---- RWKV-7 --------------------------------------------------------------------------------------
@@ -265,29 +274,19 @@ class TimeMix7(nn.Module):
         return y[:, 0], state
 
 
-class ChannelMix7(nn.Module):
-    """RWKV-7 channel mixing: W_v ReLU(W_k lerp_k)². State: x_prev (B, C)."""
+class ChannelMix7(TokenShiftMix):
+    """RWKV-7 channel mixing: W_v ReLU(W_k lerp_k)²."""
 
     def __init__(self, d_model: int, layer_id: int, n_layers: int, hidden: int = 0):
-        super().__init__()
+        super().__init__(d_model)
         hidden = hidden or 4 * d_model
         _, down = _ratios(layer_id, n_layers)
         self.x_k = nn.Parameter(1.0 - _channel_ramp(d_model) ** (down**4))
         self.key, self.value = _linear(d_model, hidden, 1.0), _linear(hidden, d_model, 0)
 
-    def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
-        return torch.zeros(batch_size, self.x_k.numel(), device=device, dtype=dtype)
-
-    def prefill(self, x: torch.Tensor, prev: torch.Tensor):
+    def prefill(self, x: torch.Tensor, prev: torch.Tensor):  # (B, T, C), (B, C)
         xk = x + (token_shift(x, prev) - x) * self.x_k
         return self.value(torch.relu(self.key(xk)) ** 2), x[:, -1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.prefill(x, self.init_state(x.shape[0], x.device, x.dtype))[0]
-
-    def step(self, x: torch.Tensor, prev: torch.Tensor):
-        y, prev = self.prefill(x[:, None], prev)
-        return y[:, 0], prev
 
 
 # ---- language models -------------------------------------------------------------------------------

@@ -46,3 +46,11 @@ def test_every_architecture_gets_the_same_lr_search_and_budget():
 def test_unknown_variant_is_a_one_line_error(lab):
     result = run_cli("-m", "common.reproduce", "rwkv", "scale=smoke", "mqar.variants=[rwkv5]")
     assert_one_line_error(result, "mqar", "rwkv5")
+
+
+@pytest.mark.parametrize("override, needles", [
+    ("mqar.n_pairs=100", ("mqar: MQAR vocab=32 is too small",)),
+    ("state_tracking.group=S7", ("state_tracking: unknown group 'S7'", "A5")),
+])  # fmt: skip
+def test_bad_task_arguments_are_one_line_errors(lab, override, needles):
+    assert_one_line_error(run_cli("-m", "common.reproduce", "rwkv", "scale=smoke", override), *needles)
