@@ -168,6 +168,11 @@ _STYLE = (
 VERDICT_CSS = {REPRODUCED: "reproduced", NOT_REPRODUCED: "not-reproduced"}  # any other verdict: "other"
 
 
+def arxiv_links(ids: str | list[str]) -> str:
+    """paper.yaml's ``arxiv``: one id, or a list of ids (a paper and its sequel) -> markdown links."""
+    return ", ".join(f"[{i}](https://arxiv.org/abs/{i})" for i in (ids if isinstance(ids, list) else [ids]))
+
+
 def _cell(tag: str, text: str) -> str:
     """A table cell; a verdict cell (``**not run**`` …) gets the CSS classes that colour it."""
     verdict = re.match(r"\*\*([^*]+)\*\*", text)
@@ -264,7 +269,7 @@ def write_report(report: Report, mlflow_client) -> None:
     )
     lines = [
         f"# {meta['title']}", "",
-        f"{authors} ({meta.get('year', '?')}), arXiv [{meta.get('arxiv', '?')}](https://arxiv.org/abs/{meta.get('arxiv', '')}).",
+        f"{authors} ({meta.get('year', '?')}), arXiv {arxiv_links(meta.get('arxiv', '?'))}.",
         "",
         f"Preset **{rep.preset}** · hardware: {', '.join(devices) or '—'} · commit {', '.join(commits) or '—'} · "
         f"report written {_date()} from the MLflow store, reproduction `{rep.id}`{done}, {len(runs)} runs, "

@@ -218,3 +218,12 @@ def test_the_claims_table_says_where_a_preset_is_scaled_down_from_the_paper(stor
     build_report("_template", uri=store, out_root=tmp_path / "plain")
     plain_readme = (tmp_path / "plain" / "_template" / "README.md").read_text()
     assert "setting" not in plain_readme  # no column when no claim states a setting
+
+
+def test_arxiv_links_take_one_id_or_several():
+    from common.report import arxiv_links
+
+    assert arxiv_links("2312.00752") == "[2312.00752](https://arxiv.org/abs/2312.00752)"
+    assert arxiv_links(["2305.13048", "2503.14456"]) == (
+        "[2305.13048](https://arxiv.org/abs/2305.13048), [2503.14456](https://arxiv.org/abs/2503.14456)"
+    )

@@ -27,7 +27,7 @@ from common.data.corpus import LanguageModelingTask
 from common.data.synthetic import MQAR, StateTracking
 from common.errors import PaperzooError
 from common.experiment import LazyTask, Run
-from common.inference import generation_cost
+from common.inference import generation_costs
 from common.models import zoo
 from common.models.gpt import GPTConfig
 
@@ -147,8 +147,7 @@ class RecurrentLMTask(LanguageModelingTask):
         metrics["rnn/max_logit_diff"] = recurrent_vs_parallel(cpu, idx)
         if is_rwkv(cpu):
             metrics["official/max_logit_diff"] = official_runtime_gap(cpu, idx[0].tolist())
-        twin = cost_twin(cpu, self.cost_positions[-1])
-        costs = {p: generation_cost(twin, p) for p in self.cost_positions}
+        costs = generation_costs(cost_twin(cpu, self.cost_positions[-1]), tuple(self.cost_positions))
         first, last = costs[self.cost_positions[0]], costs[self.cost_positions[-1]]
         for p, cost in costs.items():
             metrics |= {
