@@ -11,6 +11,7 @@ import datetime
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -41,6 +42,55 @@ def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.devi
             sync(device)
             times[name].append(time.perf_counter() - start)
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def _fwd_bwd(fn: Callable, x: dict) -> None:
+    out = fn(**x)
+    (out[0] if isinstance(out, tuple) else out).sum().backward()  # an output, or (output, state)
+
+
+def time_paths(
+    label: str,
+    inputs: Callable[[int, torch.device], dict],
+    paths: dict[str, Callable | None],
+    lengths: tuple[int, ...],
+    repeats: int,
+    device: torch.device,
+    log: Callable[[str], None],
+    budget_s: float,
+    extrapolated: Callable[[str], bool] = lambda name: name != "fast",
+) -> list[dict]:
+    """Seconds per forward + backward of each path (``fn(**inputs(L, device))`` -> an output, or a tuple
+    starting with one; None: "not installed") at each length L, the paths taking turns (``timed``). A path
+    for which ``extrapolated(name)`` (a sequential loop: time linear in L) is "skipped" once its time,
+    extrapolated from the last length, would exceed ``budget_s``. A row also holds ``speedup_vs_<path>``:
+    that path's time over the "fast" one's."""
+    rows, last_time = [], {}
+    for length in lengths:
+        x = inputs(length, device)
+        row: dict = {"L": length} | dict.fromkeys(paths)
+        to_time = {}
+        for name, fn in paths.items():
+            if fn is None:
+                row[name] = "not installed"
+                continue
+            if extrapolated(name) and name in last_time:
+                timed_length, seconds = last_time[name]
+                estimate = (repeats + 1) * seconds * length / timed_length
+                if estimate > budget_s:
+                    row[name] = "skipped"
+                    log(f"{label} L={length} {name}: skipped (would take about {estimate:.0f} s)")
+                    continue
+            to_time[name] = partial(_fwd_bwd, fn, x)
+        log(f"{label} L={length}: timing {', '.join(to_time)} ({repeats} repeats, taking turns)")
+        for name, seconds in timed(to_time, repeats, device).items():
+            row[name], last_time[name] = seconds, (length, seconds)
+            log(f"{label} L={length} {name}: {1e3 * seconds:.1f} ms fwd+bwd")
+        for other in paths:
+            if other != "fast" and isinstance(row[other], float):
+                row[f"speedup_vs_{other}"] = row[other] / row["fast"]
+        rows.append(row)
+    return rows
 
 
 def _commit() -> str:

@@ -21,7 +21,7 @@ import time
 import torch
 from torch import nn
 
-from common.models.lm import state_tensors
+from common.models.lm import state_bytes
 
 
 @torch.inference_mode()
@@ -47,9 +47,7 @@ def generation_costs(
     return {
         p: {
             "ms_per_token": 1e3 * statistics.median(times[p][2:]),
-            "state_bytes": float(
-                sum(t.numel() * t.element_size() for t in state_tensors(states[p]["layers"]))
-            ),
+            "state_bytes": float(state_bytes(states[p]["layers"])),
         }
         for p in positions
     }

@@ -76,23 +76,22 @@ def induction_heads(
     return idx, targets
 
 
-@torch.no_grad()
 def _accuracy(model, idx: torch.Tensor, targets: torch.Tensor, device, max_tokens: int) -> tuple[int, int]:
     """(correct, total) over target positions, in slices of at most ``max_tokens`` tokens."""
+    last_only = not (targets[:, :-1] != IGNORE_INDEX).any()  # keep the (b, L, V) logits small
+    pred = _predictions(model, idx, device, max_tokens, last_only)
+    targets = targets[:, -1:] if last_only else targets
+    mask = targets != IGNORE_INDEX
+    return int((pred == targets)[mask].sum()), int(mask.sum())
+
+
+@torch.no_grad()
+def _predictions(model, idx: torch.Tensor, device, max_tokens: int, last_only: bool = False) -> torch.Tensor:
+    """(B, L) argmax predictions on the CPU ((B, 1): the last position only), in slices of at most
+    ``max_tokens`` tokens."""
     step = max(1, max_tokens // idx.shape[1])
-    correct = total = 0
-    for i in range(0, idx.shape[0], step):
-        x, y = idx[i : i + step].to(device), targets[i : i + step].to(device)
-        mask = y != IGNORE_INDEX
-        if mask[:, :-1].any():
-            logits = model.logits(x)  # (b, L, V)
-            pred = logits.argmax(-1)
-        else:  # only the last position is scored: keep the (b, L, V) logits small
-            pred = model.logits(x)[:, -1:].argmax(-1)
-            y, mask = y[:, -1:], mask[:, -1:]
-        correct += int((pred == y)[mask].sum())
-        total += int(mask.sum())
-    return correct, total
+    logits = (model.logits(idx[i : i + step].to(device)) for i in range(0, len(idx), step))
+    return torch.cat([(x[:, -1:] if last_only else x).argmax(-1).cpu() for x in logits])
 
 
 class SelectiveCopying:
@@ -329,15 +328,6 @@ def group_word_problem(g: torch.Generator, batch_size: int, length: int, table: 
     the state s_t = g_1 ∘ g_2 ∘ ... ∘ g_t (s_t = s_{t-1} ∘ g_t: as a map, g_t acts first)."""
     idx = torch.randint(0, table.shape[0], (batch_size, length), generator=g)  # (B, L)
     return idx, running_product(idx, table)
-
-
-@torch.no_grad()
-def _predictions(model, idx: torch.Tensor, device, max_tokens: int) -> torch.Tensor:
-    """(B, L) argmax predictions on the CPU, in slices of at most ``max_tokens`` tokens."""
-    step = max(1, max_tokens // idx.shape[1])
-    return torch.cat(
-        [model.logits(idx[i : i + step].to(device)).argmax(-1).cpu() for i in range(0, len(idx), step)]
-    )
 
 
 class StateTracking:

@@ -117,6 +117,11 @@ def state_tensors(state) -> list[torch.Tensor]:
     return []  # None, or a position
 
 
+def state_bytes(state) -> int:
+    """The memory of a state's tensors (an LM's ``state["layers"]``: KV caches or recurrent states)."""
+    return sum(t.numel() * t.element_size() for t in state_tensors(state))
+
+
 def step(module: nn.Module, x: torch.Tensor, state, start=0, ctx=None):
     """One token x (B, D) at position ``start``: ``module.step`` or, for a stateless module, its forward."""
     if hasattr(module, "step"):

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.bench import cli, environment, environment_line, sync, timed, write_results
-from common.models.lm import state_tensors
+from common.bench import cli, environment, environment_line, sync, time_paths, write_results
+from common.models.lm import state_bytes
 from common.paths import reports_dir
 
 from .model import build_mamba_lm
@@ -85,43 +85,11 @@ def _scan_paths() -> dict[str, Callable | None]:
     return paths
 
 
-def _fwd_bwd(fn: Callable, x: dict) -> None:
-    fn(**x).sum().backward()
-
-
 def bench_scan(
     lengths: tuple[int, ...], repeats: int, device: torch.device, log: Callable[[str], None]
 ) -> list:
-    paths, rows, last_time = _scan_paths(), [], {}
-    for length in lengths:
-        x = _scan_inputs(length, device)
-        row: dict = {"L": length} | dict.fromkeys(paths)
-        to_time = {}
-        for name, fn in paths.items():
-            if fn is None:
-                row[name] = "not installed"
-                continue
-            if name.endswith("reference") and name in last_time:  # sequential loops: time linear in L
-                timed_length, seconds = last_time[name]
-                estimate = (repeats + 1) * seconds * length / timed_length
-                if estimate > REFERENCE_BUDGET_S:
-                    row[name] = "skipped"
-                    log(f"scan L={length} {name}: skipped (would take about {estimate:.0f} s)")
-                    continue
-            to_time[name] = partial(_fwd_bwd, fn, x)
-        log(f"scan L={length}: timing {', '.join(to_time)} ({repeats} repeats, taking turns)")
-        for name, seconds in timed(to_time, repeats, device).items():
-            row[name], last_time[name] = seconds, (length, seconds)
-            log(f"scan L={length} {name}: {1e3 * seconds:.1f} ms fwd+bwd")
-        for other in ("reference", "mambapy_pscan", "mamba_ssm_reference"):
-            if isinstance(row[other], float):
-                row[f"speedup_vs_{other}"] = row[other] / row["fast"]
-        rows.append(row)
-    return rows
-
-
-def _state_bytes(state: dict) -> int:
-    return sum(t.numel() * t.element_size() for t in state_tensors(state["layers"]))
+    return time_paths("scan", _scan_inputs, _scan_paths(), lengths, repeats, device, log, REFERENCE_BUDGET_S,
+                      extrapolated=lambda name: name.endswith("reference"))  # fmt: skip
 
 
 @torch.no_grad()
@@ -143,7 +111,9 @@ def bench_generation(
             token = logits.argmax(-1)
         sync(device)
         seconds = (time.perf_counter() - start) / tokens
-        rows.append({"position": position, "ms_per_token": 1e3 * seconds, "state_bytes": _state_bytes(state)})
+        rows.append(
+            {"position": position, "ms_per_token": 1e3 * seconds, "state_bytes": state_bytes(state["layers"])}
+        )
         log(
             f"generation at position {position}: {1e3 * seconds:.2f} ms/token, state {rows[-1]['state_bytes']} B"
         )

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.bench import cli, environment, environment_line, timed, write_results
+from common.bench import cli, environment, environment_line, time_paths, write_results
 from common.errors import PaperzooError
 from common.models import zoo
 from common.paths import reports_dir
@@ -95,11 +95,6 @@ def _wkv7_paths() -> dict[str, Callable | None]:
     return {"fast": wkv7, "reference": wkv7_ref, "fla_recurrence": wkv7_fla, "fla_chunkwise": fla_chunkwise}
 
 
-def _fwd_bwd(fn: Callable, x: dict) -> None:
-    y, _ = fn(**x)
-    y.sum().backward()
-
-
 def bench_kernel(
     name: str,
     inputs: Callable[[int, torch.device], dict],
@@ -109,33 +104,9 @@ def bench_kernel(
     device: torch.device,
     log: Callable[[str], None],
 ) -> list:
-    """Seconds per forward + backward of each path per length; "skipped" / "not installed" otherwise."""
-    rows, last_time = [], {}
-    for length in lengths:
-        x = inputs(length, device)
-        row: dict = {"L": length} | dict.fromkeys(paths)
-        to_time = {}
-        for path, fn in paths.items():
-            if fn is None:
-                row[path] = "not installed"
-                continue
-            if path != "fast" and path in last_time:  # all sequential in time: extrapolate linearly in L
-                timed_length, seconds = last_time[path]
-                estimate = (repeats + 1) * seconds * length / timed_length
-                if estimate > REFERENCE_BUDGET_S:
-                    row[path] = "skipped"
-                    log(f"{name} L={length} {path}: skipped (would take about {estimate:.0f} s)")
-                    continue
-            to_time[path] = partial(_fwd_bwd, fn, x)
-        log(f"{name} L={length}: timing {', '.join(to_time)} ({repeats} repeats, taking turns)")
-        for path, seconds in timed(to_time, repeats, device).items():
-            row[path], last_time[path] = seconds, (length, seconds)
-            log(f"{name} L={length} {path}: {1e3 * seconds:.1f} ms fwd+bwd")
-        for other in paths:
-            if other != "fast" and isinstance(row[other], float):
-                row[f"speedup_vs_{other}"] = row[other] / row["fast"]
-        rows.append(row)
-    return rows
+    """Seconds per forward + backward of each path per length; "skipped" / "not installed" otherwise; every
+    path but the fast one is sequential in time (common.bench.time_paths)."""
+    return time_paths(name, inputs, paths, lengths, repeats, device, log, REFERENCE_BUDGET_S)
 
 
 # ---- 2. generation ----------------------------------------------------------------------------------------

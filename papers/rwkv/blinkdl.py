@@ -43,6 +43,7 @@ _NAMES = (  # (ours, theirs) name prefixes; {i}: a block index
     ("blocks.{i}.mlp.", "blocks.{i}.ffn."),
     ("norm_f.", "ln_out."),
 )
+RWKV7_MARK = "blocks.0.att.r_k"  # only RWKV-7 checkpoints have it (the bonus weights, (H, N))
 _FLAT_IN_FILE = re.compile(r"\.(time_decay|time_first|ln_x\.\w+)$")  # 1-D in both layouts
 
 
@@ -92,8 +93,8 @@ def _config(sd: dict[str, torch.Tensor], path: Path):
         vocab_size, d_model = sd["emb.weight"].shape
         n_layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
         ffn_hidden = sd["blocks.0.ffn.key.weight"].shape[0]
-        if "blocks.0.att.r_k" in sd:
-            n_heads, head_size = sd["blocks.0.att.r_k"].shape
+        if RWKV7_MARK in sd:
+            n_heads, head_size = sd[RWKV7_MARK].shape
             v_lora = [sd[k].shape[1] for k in sd if k.endswith(".att.v1") and not k.startswith("blocks.0.")]
             return "rwkv7", RWKV7Config(
                 vocab_size, d_model, n_layers, head_size, ffn_hidden,

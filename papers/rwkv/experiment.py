@@ -105,9 +105,9 @@ def is_rwkv(model) -> bool:
 
 
 @torch.no_grad()
-def recurrent_vs_parallel(model, idx: torch.Tensor) -> float:
-    """max |logits of the parallel form - logits of the recurrent form, one token at a time| over idx (1, T)."""
-    parallel, state, stepped = model.logits(idx), model.init_state(1), []
+def recurrent_vs_parallel(model, idx: torch.Tensor, parallel: torch.Tensor) -> float:
+    """max |``parallel`` (the parallel form's logits of idx (1, T)) - the recurrent form's, one token at a time|."""
+    state, stepped = model.init_state(1), []
     for t in range(idx.shape[1]):
         logits, state = model.step(idx[:, t], state)
         stepped.append(logits)
@@ -115,9 +115,9 @@ def recurrent_vs_parallel(model, idx: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def official_runtime_gap(model, tokens: list[int]) -> float:
-    """max |our logits - the `rwkv` package's| (its sequence forward and its token-by-token form)."""
-    ours = model.logits(torch.tensor([tokens]))[0].float().cpu()
+def official_runtime_gap(model, tokens: list[int], ours: torch.Tensor) -> float:
+    """max |``ours`` (T, V): our logits of tokens - the `rwkv` package's| (its sequence forward and its
+    token-by-token form)."""
     with tempfile.TemporaryDirectory() as tmp:
         theirs = official_logits(save_blinkdl(model, Path(tmp) / "model.pth"), tokens)
     return float(max((theirs["seq"] - ours).abs().max(), (theirs["steps"] - ours).abs().max()))
@@ -144,9 +144,11 @@ class RecurrentLMTask(LanguageModelingTask):
         metrics = super().evaluate(model, device)
         cpu = model.to("cpu").float()
         idx = self.batch("val", 0, 1, self.eval_seed)["idx"][:, : self.check_tokens]
-        metrics["rnn/max_logit_diff"] = recurrent_vs_parallel(cpu, idx)
+        with torch.no_grad():
+            parallel = cpu.logits(idx)  # (1, T, V)
+        metrics["rnn/max_logit_diff"] = recurrent_vs_parallel(cpu, idx, parallel)
         if is_rwkv(cpu):
-            metrics["official/max_logit_diff"] = official_runtime_gap(cpu, idx[0].tolist())
+            metrics["official/max_logit_diff"] = official_runtime_gap(cpu, idx[0].tolist(), parallel[0])
         costs = generation_costs(cost_twin(cpu, self.cost_positions[-1]), tuple(self.cost_positions))
         first, last = costs[self.cost_positions[0]], costs[self.cost_positions[-1]]
         for p, cost in costs.items():

@@ -52,7 +52,7 @@ from torch import nn
 from common.models.lm import CausalLM
 from common.models.zoo import register
 
-from .ops import wkv4, wkv4_ref, wkv7, wkv7_ref
+from .ops import ZERO_PP, wkv4, wkv4_ref, wkv7, wkv7_ref
 
 LOG_DECAY_SCALE = math.exp(-0.5)  # RWKV-7: log decay = -e^{-1/2} σ(...) ∈ (-0.607, 0)
 GROUP_NORM_EPS = (
@@ -148,7 +148,7 @@ class TimeMix4(nn.Module):
     def init_state(self, batch_size: int, device=None, dtype=None):
         fp = torch.promote_types(dtype or torch.get_default_dtype(), torch.float32)
         zeros = lambda dt: torch.zeros(batch_size, self.time_decay.numel(), device=device, dtype=dt)  # noqa: E731
-        return zeros(dtype), zeros(fp), zeros(fp), zeros(fp) - 1e38  # x_prev, aa, bb, pp
+        return zeros(dtype), zeros(fp), zeros(fp), zeros(fp) + ZERO_PP  # x_prev, aa, bb, pp (empty: e^pp = 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
         return self.prefill(x, self.init_state(x.shape[0], x.device, x.dtype))[0]

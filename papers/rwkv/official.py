@@ -20,6 +20,8 @@ import torch
 
 from common.errors import PaperzooError
 
+from .blinkdl import RWKV7_MARK
+
 _RUNNER = r"""
 import json, sys, time
 import torch
@@ -43,8 +45,10 @@ torch.save({"seq": seq.float(), "steps": torch.stack(steps), "ms_per_token": 1e3
 
 
 def blinkdl_version(path: str | Path) -> str:
-    keys = torch.load(path, map_location="cpu", weights_only=True).keys()
-    return "7" if "blocks.0.att.r_k" in keys else "4"
+    keys = torch.load(
+        path, map_location="cpu", weights_only=True, mmap=True
+    ).keys()  # names only: no tensor read
+    return "7" if RWKV7_MARK in keys else "4"
 
 
 def official_logits(path: str | Path, tokens: list[int], threads: int = 1) -> dict:
