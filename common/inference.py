@@ -51,3 +51,13 @@ def generation_costs(
         }
         for p in positions
     }
+
+
+@torch.no_grad()
+def recurrent_vs_parallel(model, idx: torch.Tensor, parallel: torch.Tensor) -> float:
+    """max |``parallel`` (the parallel form's logits of idx (1, T)) - the recurrent form's, one token at a time|."""
+    state, stepped = model.init_state(1), []
+    for t in range(idx.shape[1]):
+        logits, state = model.step(idx[:, t], state)
+        stepped.append(logits)
+    return float((torch.stack(stepped, 1) - parallel).abs().max())

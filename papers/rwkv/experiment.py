@@ -27,7 +27,7 @@ from common.data.corpus import LanguageModelingTask
 from common.data.synthetic import MQAR, StateTracking
 from common.errors import PaperzooError
 from common.experiment import LazyTask, Run
-from common.inference import generation_costs
+from common.inference import generation_costs, recurrent_vs_parallel
 from common.models import zoo
 from common.models.gpt import GPTConfig
 
@@ -102,16 +102,6 @@ class Config(BaseConfig):
 
 def is_rwkv(model) -> bool:
     return all(isinstance(block.mixer, (TimeMix4, TimeMix7)) for block in model.blocks)
-
-
-@torch.no_grad()
-def recurrent_vs_parallel(model, idx: torch.Tensor, parallel: torch.Tensor) -> float:
-    """max |``parallel`` (the parallel form's logits of idx (1, T)) - the recurrent form's, one token at a time|."""
-    state, stepped = model.init_state(1), []
-    for t in range(idx.shape[1]):
-        logits, state = model.step(idx[:, t], state)
-        stepped.append(logits)
-    return float((torch.stack(stepped, 1) - parallel).abs().max())
 
 
 @torch.no_grad()

@@ -5,9 +5,8 @@ flash-linear-attention, MIT licence): triton kernels for linear-attention models
 diagonal-plus-low-rank (DPLR) delta rule. Next to the kernels it ships plain PyTorch references in
 ``fla/ops/generalized_delta_rule/dplr/naive.py``: ``dplr_recurrence`` (one token per step) and
 ``dplr_chunkwise`` (chunks of tokens). That is code nobody here wrote; it is used only as an independent
-check of our kernels (``tests/test_rwkv_fla_parity.py``) and as a baseline in ``bench.py``. ``import fla``
-needs triton, so the file (which imports only torch and einops) is found through the installed distribution
-and loaded by path, without importing the ``fla`` package.
+check of our kernels (``tests/test_rwkv_fla_parity.py``) and as a baseline in ``bench.py``, loaded by path
+through ``common.fla`` (``import fla`` needs triton).
 
 fla's convention, inputs (B, H, T, D), state S (B, H, D_k, D_v), the transpose of ours:
 
@@ -24,45 +23,20 @@ initial_state = S_0^T. fla's references compute in fp32.
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
-import importlib.util
 import math
-from pathlib import Path
 from types import ModuleType
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from common.errors import PaperzooError
+from common.fla import fla_naive
 
 DPLR_NAIVE = "ops/generalized_delta_rule/dplr/naive.py"
 
 
-def fla_file(relative: str) -> Path:
-    """The path of ``fla/<relative>`` in the installed fla-core distribution (without importing fla)."""
-    try:
-        dist = importlib.metadata.distribution("fla-core")
-    except importlib.metadata.PackageNotFoundError:
-        raise PaperzooError(
-            "fla-core is not installed (pip install fla-core; used for comparison only)"
-        ) from None
-    path = Path(dist.locate_file(f"fla/{relative}"))
-    if not path.is_file():
-        raise PaperzooError(f"fla-core {dist.version} has no fla/{relative} (looked at {path})")
-    return path
-
-
-@functools.cache
 def dplr_naive() -> ModuleType:
     """fla-core's ``dplr/naive.py`` as a module: ``dplr_recurrence``, ``dplr_chunkwise``."""
-    path = fla_file(DPLR_NAIVE)
-    if importlib.util.find_spec("einops") is None:
-        raise PaperzooError(f"fla-core's {path.name} needs einops: pip install einops")
-    spec = importlib.util.spec_from_file_location("fla_dplr_naive", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return fla_naive(DPLR_NAIVE)
 
 
 def wkv7_fla(r, w, k, v, a, b, state=None, chunk_size: int | None = None) -> tuple[Tensor, Tensor]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common import fla
 from common.errors import PaperzooError
 from papers.rwkv import bench, fla_naive
 from papers.rwkv.ops import wkv7_ref
@@ -86,10 +87,10 @@ def test_wkv7_fla_is_our_recurrence(chunk_size):
 
 def test_missing_fla_core_is_one_clear_error_and_not_installed_in_the_bench(monkeypatch):
     def not_installed(name):
-        raise fla_naive.importlib.metadata.PackageNotFoundError(name)
+        raise fla.importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(fla_naive.importlib.metadata, "distribution", not_installed)
-    fla_naive.dplr_naive.cache_clear()  # errors are not cached: the next call looks again
+    monkeypatch.setattr(fla.importlib.metadata, "distribution", not_installed)
+    fla.fla_naive.cache_clear()  # errors are not cached: the next call looks again
     with pytest.raises(PaperzooError, match="^fla-core is not installed") as missing:
         fla_naive.dplr_naive()
     assert "\n" not in str(missing.value)

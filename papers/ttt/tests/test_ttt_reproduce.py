@@ -1,0 +1,57 @@
+"""Smoke reproduction of the TTT paper through MLflow in a temporary store, the plan's budgets, and bad input."""
+
+import pytest
+
+from common.config import load_config
+from common.experiment import load_paper
+from common.testing import assert_one_line_error, run_cli
+from common.tracking import client
+
+
+@pytest.mark.slow
+def test_smoke_reproduction_measures_every_claim(lab):
+    result = run_cli("-m", "common.reproduce", "ttt", "scale=smoke", "progress=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    readme = (lab / "reports" / "ttt" / "README.md").read_text()
+    assert "**not run**" not in readme  # every claim was measured by a run
+    mlflow_client = client()
+    runs = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("ttt").experiment_id])
+    by_variant = {(r.data.tags["task"], r.data.tags["variant"]): r.data.metrics for r in runs}
+    assert by_variant[("ladder", "linattn")]["theorem1/max_abs_diff"] <= 1e-10
+    assert "theorem1/max_abs_diff" not in by_variant[("ladder", "ln")]  # only Theorem 1's layer is measured
+    for arch in ("ttt_linear", "ttt_mlp", "ttt_linear_m"):
+        assert by_variant[("shakespeare_char", f"{arch}_lr0.003")]["rnn/max_logit_diff"] < 1e-4
+    long = by_variant[("long_context", "ttt_linear")]
+    assert {f"val/loss_pos_L{hi}" for hi in (16, 32, 48, 64)} <= set(long)
+
+
+def test_baselines_get_the_same_lr_search_tokens_and_parameters(lab):
+    paper = load_paper("ttt")
+    cfg = load_config(paper.schema, paper.path / "configs", ["scale=cpu"])
+    runs = paper.plan(cfg)
+    lm = [r for r in runs if r.task == "shakespeare_char"]
+    lrs = {arch: sorted(r.train.lr for r in lm if r.variant.rsplit("_lr", 1)[0] == arch)
+           for arch in ("gpt", "mamba", "ttt_linear", "ttt_mlp", "ttt_linear_m")}  # fmt: skip
+    assert len({tuple(v) for v in lrs.values()}) == 1 and len(lrs["gpt"]) >= 2
+    for task in ("shakespeare_char", "ladder", "long_context"):
+        mine = [r for r in runs if r.task == task]
+        assert len({(r.train.max_steps, r.train.batch_size) for r in mine}) == 1  # the same tokens
+    sizes = {r.variant: r.build_model().num_params() for r in lm if r.variant.endswith("_lr0.01")}
+    assert max(sizes.values()) / min(sizes.values()) < 1.05, sizes  # equal parameters, within 5%
+    assert {r.variant for r in runs if r.task == "ladder"} >= {
+        "linattn",
+        "w0",
+        "ln",
+        "mb16_fixed",
+        "mb4",
+        "mbT",
+    }
+
+
+@pytest.mark.parametrize("override, needles", [
+    ("ladder.rungs=[gru]", ("ladder: unknown rungs", "gru")),
+    ("language_model.variants=[rwkv]", ("language_model: unknown variants",)),
+    ("long_context.block_size=1001", ("long_context.block_size 1001 must be divisible",)),
+])  # fmt: skip
+def test_bad_input_is_a_one_line_error(lab, override, needles):
+    assert_one_line_error(run_cli("-m", "common.reproduce", "ttt", "scale=smoke", override), *needles)
