@@ -1,11 +1,11 @@
 """TTT layers and language models (Sun et al. 2024, "Learning to (Learn at Test Time): RNNs with Expressive
 Hidden States", arXiv 2407.04620), as mixers of the lab's LM shell (common.models.lm).
 
-The TTT layer (Sec. 2, Fig. 4; the inner loop in ``ops``), x (B, L, C) with H heads of size D = C' / H:
+The TTT layer (Sec. 2, Fig. 4; the inner loop in ``ops``), x (B, L, C) with H heads of size D = C / H:
 
     q, k, v = θ_Q x, θ_K x, θ_V x                         (B, H, L, D) each    the views of Eq. 4
     η_s = η_base σ(θ_lr · x_s)  (learn_lr)  or  η_base    (B, H, L)            Sec. 2.7, learnable inner lr
-    z = TTT(q, k, v, η; W_0)                               ops.ttt_dual: mini-batch TTT (Eq. 6), dual form
+    z = TTT(q, k, v, η; W_0)                               ops.ttt_dual: mini-batch TTT (Sec. 2.4), dual form
     out = W_o (LN(z) [⊙ GELU(W_g x)])                      post-norm, and the gate of the Mamba backbone
 
 with η_base = inner_lr / D (the official code's base lr per head dimension; our loss ‖·‖² carries a factor 2
@@ -13,14 +13,20 @@ theirs does not, so inner_lr 0.5 is their 1.0), W_0 learnable (``learn_init``; e
 bias: Theorem 1's f(x) = x W), f = x + LN(f_res(x)) (``ln_residual``) and ``grad_mean``: each mini-batch step
 on the mean loss of its tokens so far (the official weighting, α_t = 1 / (t - t')).
 
-Backbones (Sec. 2.7, "Backbone architecture"):
+Backbones (Sec. 2.7, "Backbone architecture"), N x [x + TTT(RMSNorm(x)); x + MLP(RMSNorm(x))] in both:
 
-    "transformer"   TTT (T): N x [x + TTT(RMSNorm(x)); x + MLP(RMSNorm(x))], the TTT layer in place of attention
-    "mamba"         TTT (M): N x [x + TTT(RMSNorm(x))], no MLP: the layer is a Mamba block with width E C:
-                    a shared q/k projection followed by two causal depthwise convolutions (kernel 4, the
-                    temporal convolutions of the Mamba backbone) for q and k, and the output gate GELU(W_g x)
+    "transformer"   TTT (T): the TTT layer in place of attention, separate q, k, v projections
+    "mamba"         TTT (M): the layer with the Mamba backbone's temporal convolutions and gate: a shared q/k
+                    projection followed by two causal depthwise convolutions (kernel 4) for q and k, and the
+                    output gate GELU(W_g x) (the official code's share_qk / use_gate; its extra pre-conv
+                    residual block before each layer is not built here). Same parameters as TTT (T) up to the
+                    convolutions: W_qk, W_v, W_g replace W_qkv.
 
-No positions: order comes from the recurrence. ``step`` runs the dual form on one token: the state is
+Deviations from the official code, on purpose: no RoPE on q and k (it rotates them by the position inside
+the mini-batch; here order comes from the recurrence alone) and the 1 / i weighting of ``grad_mean`` without
+its learnable offset.
+
+``step`` runs the dual form on one token: the state is
 (the conv window, the weights at the current mini-batch's start, its accumulators, the position), O(1) in the
 position: W and the accumulators have fixed sizes. ``forward`` / ``prefill`` run the dual form over a sequence.
 In the model zoo as ``ttt`` (``zoo.build("ttt", TTTConfig(...))``).
@@ -60,24 +66,24 @@ class TTTMixer(nn.Module):
         learn_lr: bool = True,
         inner_lr: float = 0.5,
         grad_mean: bool = True,
-        width: int | None = None,
         conv_kernel: int = 0,
         gated: bool = False,
     ):
         super().__init__()
-        width = width or d_model
-        self.n_heads, self.head_dim, self.width = n_heads, width // n_heads, width
+        self.n_heads, self.head_dim, self.d_model = n_heads, d_model // n_heads, d_model
         self.inner, self.mini_batch, self.grad_mean, self.learn_lr = inner, mini_batch, grad_mean, learn_lr
         self.eta_base, self.conv_kernel = inner_lr / self.head_dim, conv_kernel
         if conv_kernel:  # Mamba backbone: shared q/k projection, then a temporal conv for each
-            self.qk = nn.Linear(d_model, width, bias=False)
-            self.v = nn.Linear(d_model, width, bias=False)
-            self.conv_q = nn.Conv1d(width, width, conv_kernel, groups=width, padding=conv_kernel - 1)
-            self.conv_k = nn.Conv1d(width, width, conv_kernel, groups=width, padding=conv_kernel - 1)
+            self.qk = nn.Linear(d_model, d_model, bias=False)
+            self.v = nn.Linear(d_model, d_model, bias=False)
+            self.conv_q = nn.Conv1d(
+                d_model, d_model, conv_kernel, groups=d_model
+            )  # causal: run on [window, x]
+            self.conv_k = nn.Conv1d(d_model, d_model, conv_kernel, groups=d_model)
         else:
-            self.qkv = nn.Linear(d_model, 3 * width, bias=False)
+            self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.lr_gate = nn.Linear(d_model, n_heads) if learn_lr else None  # θ_lr
-        self.gate = nn.Linear(d_model, width, bias=False) if gated else None
+        self.gate = nn.Linear(d_model, d_model, bias=False) if gated else None
         h, d = n_heads, self.head_dim
         shapes = {"linear": [(h, d, d), (h, d)], "mlp": [(h, d, 4 * d), (h, 4 * d), (h, 4 * d, d), (h, d)]}[
             inner
@@ -91,10 +97,17 @@ class TTTMixer(nn.Module):
             self.init_weights = None
         self.ln_weight = nn.Parameter(torch.ones(h, d)) if ln_residual else None
         self.ln_bias = nn.Parameter(torch.zeros(h, d)) if ln_residual else None
-        self.post_norm = nn.LayerNorm(width, eps=1e-6)
-        self.out = nn.Linear(width, d_model, bias=False)
+        self.post_norm = nn.LayerNorm(d_model, eps=1e-6)
+        self.out = nn.Linear(d_model, d_model, bias=False)
         for linear in (m for m in self.modules() if isinstance(m, nn.Linear)):
             nn.init.normal_(linear.weight, std=INIT_STD)
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)  # the lr gate starts at σ(0) = 1/2 for every token
+        for p in [self.ln_weight, self.ln_bias, *(self.init_weights or [])[1::2]]:
+            if p is not None:
+                p._no_weight_decay = (
+                    True  # norms and biases, (H, D) shaped: weight decay would pull them to 0
+                )
 
     def params(self) -> tuple[torch.Tensor, ...]:
         """The inner model's W_0 (H, ...): (W, b) or (W1, b1, W2, b2); (W,) = 0 without ``learn_init``."""
@@ -109,12 +122,12 @@ class TTTMixer(nn.Module):
     def _views(self, x: torch.Tensor, window: torch.Tensor | None):
         """q, k, v (B, H, L, D), η (B, H, L), and the conv window after x (None without convs)."""
         if self.conv_kernel:
-            qk = torch.cat([window, self.qk(x).transpose(1, 2)], dim=-1)  # (B, C', K - 1 + L)
-            q = F.conv1d(qk, self.conv_q.weight, self.conv_q.bias, groups=self.width).transpose(1, 2)
-            k = F.conv1d(qk, self.conv_k.weight, self.conv_k.bias, groups=self.width).transpose(1, 2)
+            qk = torch.cat([window, self.qk(x).transpose(1, 2)], dim=-1)  # (B, C, K - 1 + L)
+            q = F.conv1d(qk, self.conv_q.weight, self.conv_q.bias, groups=self.d_model).transpose(1, 2)
+            k = F.conv1d(qk, self.conv_k.weight, self.conv_k.bias, groups=self.d_model).transpose(1, 2)
             v, window = self.v(x), qk[..., qk.shape[-1] - (self.conv_kernel - 1) :]
         else:
-            q, k, v = self.qkv(x).chunk(3, dim=-1)  # (B, L, C') each
+            q, k, v = self.qkv(x).chunk(3, dim=-1)  # (B, L, C) each
         if self.lr_gate is not None:
             eta = self.eta_base * torch.sigmoid(self.lr_gate(x)).transpose(1, 2)  # (B, H, L)
         else:
@@ -122,7 +135,7 @@ class TTTMixer(nn.Module):
         return self._heads(q), self._heads(k), self._heads(v), eta, window
 
     def _output(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        y = self.post_norm(rearrange(z, "b h l d -> b l (h d)").to(x.dtype))  # (B, L, C')
+        y = self.post_norm(rearrange(z, "b h l d -> b l (h d)").to(x.dtype))  # (B, L, C)
         if self.gate is not None:
             y = y * F.gelu(self.gate(x), approximate="tanh")
         return self.out(y)  # (B, L, C)
@@ -131,10 +144,10 @@ class TTTMixer(nn.Module):
         return self.prefill(x, self.init_state(x.shape[0], x.device, x.dtype))[0]
 
     def init_state(self, batch_size: int, device=None, dtype=None):
-        """(conv window (B, C', K - 1) or None, W at the mini-batch's start (B, H, ...), accumulators, position)."""
+        """(conv window (B, C, K - 1) or None, W at the mini-batch's start (B, H, ...), accumulators, position)."""
         window = None
         if self.conv_kernel:
-            window = torch.zeros(batch_size, self.width, self.conv_kernel - 1, device=device, dtype=dtype)
+            window = torch.zeros(batch_size, self.d_model, self.conv_kernel - 1, device=device, dtype=dtype)
         weights = per_sample(self.params(), batch_size)
         return (
             window,
@@ -162,8 +175,8 @@ class TTTMixer(nn.Module):
 
 @dataclass
 class TTTConfig:
-    """A TTT language model. ``backbone`` "transformer" (TTT (T), with an MLP of ``mlp_hidden``, default 4C) or
-    "mamba" (TTT (M): the layer of width ``expand`` C with temporal convolutions and a gate, no MLP)."""
+    """A TTT language model: ``backbone`` "transformer" (TTT (T)) or "mamba" (TTT (M): temporal convolutions
+    and a gate in the layer), an MLP of ``mlp_hidden`` (default 4C) in every block."""
 
     vocab_size: int
     d_model: int
@@ -178,7 +191,6 @@ class TTTConfig:
     inner_lr: float = 0.5
     grad_mean: bool = True
     mlp_hidden: int = 0  # 0: 4 d_model
-    expand: int = 1
     conv_kernel: int = 4
 
 
@@ -190,8 +202,12 @@ def _check(cfg: TTTConfig) -> None:
         problems.append(f"backbone '{cfg.backbone}' (choose transformer or mamba)")
     if cfg.inner == "mlp" and not cfg.learn_init:
         problems.append("inner mlp needs learn_init (W_0 = 0 gives zero gradients through GELU)")
-    if cfg.mini_batch < 1 or cfg.expand < 1 or (cfg.expand * cfg.d_model) % cfg.n_heads:
-        problems.append("mini_batch and expand must be >= 1 and expand * d_model divisible by n_heads")
+    if cfg.ln_residual and not cfg.learn_init:
+        problems.append(
+            "ln_residual needs learn_init (the LayerNorm of W_0 k = 0 has gradients of 1/sqrt(eps))"
+        )
+    if cfg.mini_batch < 1 or cfg.d_model % cfg.n_heads:
+        problems.append("mini_batch must be >= 1 and d_model divisible by n_heads")
     if problems:
         raise PaperzooError(f"ttt config: {'; '.join(problems)}")
 
@@ -203,14 +219,15 @@ def build_ttt(cfg: TTTConfig) -> CausalLM:
 
     def mixer(_: int) -> TTTMixer:
         m = TTTMixer(cfg.d_model, cfg.n_heads, cfg.inner, cfg.mini_batch, cfg.ln_residual, cfg.learn_init,
-                     cfg.learn_lr, cfg.inner_lr, cfg.grad_mean, width=cfg.expand * cfg.d_model if mamba else None,
-                     conv_kernel=cfg.conv_kernel if mamba else 0, gated=mamba)  # fmt: skip
-        with torch.no_grad():  # GPT-2's residual rescaling, as the official code
+                     cfg.learn_lr, cfg.inner_lr, cfg.grad_mean, conv_kernel=cfg.conv_kernel if mamba else 0,
+                     gated=mamba)  # fmt: skip
+        with torch.no_grad():  # GPT-2's residual rescaling, as the lab's GPT
             m.out.weight /= math.sqrt(2 * cfg.n_layers)
         return m
 
     def mlp(_: int) -> GeluMLP:
         return GeluMLP(cfg.d_model, cfg.mlp_hidden or 4 * cfg.d_model, bias=False)
 
-    return CausalLM(cfg.vocab_size, cfg.d_model, cfg.n_layers, mixer_factory=mixer,
-                    mlp_factory=None if mamba else mlp, norm="rms")  # fmt: skip
+    return CausalLM(
+        cfg.vocab_size, cfg.d_model, cfg.n_layers, mixer_factory=mixer, mlp_factory=mlp, norm="rms"
+    )

@@ -2,12 +2,13 @@
 States", arXiv 2407.04620.
 
 The hidden state is the weights W of an inner model f; every token takes a gradient step on a self-supervised
-reconstruction loss (Sec. 2.1-2.3, Eq. 1-5), per head, with row vectors q_t = θ_Q x_t, k_t = θ_K x_t,
+reconstruction loss (Sec. 2.1-2.3), per head, with row vectors q_t = θ_Q x_t, k_t = θ_K x_t,
 v_t = θ_V x_t of size D:
 
     ℓ(W; x_t) = ‖f(k_t; W) - v_t‖²                                        (Eq. 4, the multi-view reconstruction)
     W_t = W_{t-1} - η ∇ℓ(W_{t-1}; x_t)                                    (Eq. 2, online GD)
-    z_t = f(q_t; W_t)                                                     (Eq. 5, the output rule)
+    z_t = f(q_t; W_t)                                                     (Eq. 5, the output rule; Eq. 1 with
+                                                                          x_t itself)
 
 f = f_res (no residual or LayerNorm) or f(x) = x + LN(f_res(x)) (Sec. 2.7), with a per-head LayerNorm
 (weight, bias: (H, D)), and
@@ -15,7 +16,7 @@ f = f_res (no residual or LayerNorm) or f(x) = x + LN(f_res(x)) (Sec. 2.7), with
     TTT-Linear   f_res(x) = x W + b                      W: (D, D), b: (D,)          (b optional)
     TTT-MLP      f_res(x) = GELU(x W1 + b1) W2 + b2      W1: (D, 4D), W2: (4D, D)    (GELU: tanh form)
 
-**Mini-batch TTT** (Sec. 2.4, Eq. 6): the gradients of the b tokens of a mini-batch are all taken at the
+**Mini-batch TTT** (Sec. 2.4): the gradients of the b tokens of a mini-batch are all taken at the
 weights W_{t'} of its start, t' = the last token of the previous mini-batch,
 
     W_t = W_{t'} - α_t Σ_{s=t'+1}^{t} η_s ∇ℓ(W_{t'}; x_s)
@@ -119,7 +120,7 @@ def per_sample(params: Params, batch: int) -> Params:
 
 
 def ttt_primal(q, k, v, eta, params: Params, ln=None, mini_batch: int = 16, mean: bool = False):
-    """Mini-batch TTT as written (Eq. 2, 6): per token, its gradient at the mini-batch's starting weights, the
+    """Mini-batch TTT as written (Eq. 2 with Sec. 2.4's gradients): per token, its gradient at the mini-batch's starting weights, the
     accumulated weights W_t and z̄_t = f_res(q_t; W_t) (``output_rule`` makes it Eq. 5's z_t = f(q_t; W_t)).
     From W_0 = ``params`` at position 0. Returns (z̄ (B, H, T, D), the weights after the last full mini-batch,
     the accumulator of the partial one)."""
@@ -131,7 +132,7 @@ def ttt_primal(q, k, v, eta, params: Params, ln=None, mini_batch: int = 16, mean
     outputs = []
     for t in range(length):
         i = t % mini_batch + 1  # the token's index in its mini-batch, 1-based
-        grads = _token_grads(weights, k[:, :, t], v[:, :, t], ln)  # all at W_{t'} (Eq. 6)
+        grads = _token_grads(weights, k[:, :, t], v[:, :, t], ln)  # all at W_{t'} (Sec. 2.4)
         acc = tuple(
             a + eta[:, :, t].reshape(batch, heads, *[1] * (a.dim() - 2)) * g for a, g in zip(acc, grads)
         )
@@ -141,6 +142,42 @@ def ttt_primal(q, k, v, eta, params: Params, ln=None, mini_batch: int = 16, mean
         if i == mini_batch:  # the mini-batch ends: W_{t'} <- W_t
             weights, acc = w_t, tuple(torch.zeros_like(a) for a in acc)
     return torch.stack(outputs, dim=2), weights, acc
+
+
+def _grads_per_token(weights: Params, k: torch.Tensor, v: torch.Tensor, ln) -> Params:
+    """∇_W ℓ(W; x_s) for every token s of k, v (B, H, n, D) in closed form, materialised: (B, H, n, *W.shape)."""
+    if len(weights) == 4:  # TTT-MLP
+        w1, b1, w2, b2 = weights
+        z1 = k @ w1 + b1[..., None, :]
+        x2 = _gelu(z1)
+        g2 = _loss_grad_z(x2 @ w2 + b2[..., None, :], k, v, ln)
+        g1 = (g2 @ w2.transpose(-1, -2)) * _gelu_grad(z1)
+        return k[..., :, None] * g1[..., None, :], g1, x2[..., :, None] * g2[..., None, :], g2
+    g = _loss_grad_z(f_res(weights, k), k, v, ln)
+    return (k[..., :, None] * g[..., None, :], g)[: len(weights)]
+
+
+def ttt_primal_minibatch(q, k, v, eta, params: Params, ln=None, mini_batch: int = 16, mean: bool = False):
+    """The primal form vectorised per mini-batch, as the paper times it against the dual form (Sec. 2.5): the b
+    per-token gradients G_s (b copies of W), their cumulative sums W_t = W_{t'} - α_t Σ_{s<=t} η_s G_s (b more)
+    and every z̄_t = f_res(q_t; W_t) with its own weights. From W_0 at position 0; returns z̄ (B, H, T, D)."""
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    q, k, v, eta = (x.to(dtype) for x in (q, k, v, eta))
+    weights = per_sample(tuple(p.to(dtype) for p in params), q.shape[0])
+    outputs = []
+    for start in range(0, q.shape[2], mini_batch):
+        part = slice(start, start + mini_batch)
+        grads = _grads_per_token(weights, k[:, :, part], v[:, :, part], ln)
+        n = grads[0].shape[2]
+        index = torch.arange(1, n + 1, device=q.device, dtype=dtype)
+        alpha = 1.0 / index if mean else torch.ones_like(index)  # (n,)
+        w_t = []
+        for w, g in zip(weights, grads):  # W_t for each token t of the mini-batch: (B, H, n, *W.shape)
+            steps = (eta[:, :, part].reshape(*eta.shape[:2], n, *[1] * (g.dim() - 3)) * g).cumsum(2)
+            w_t.append(w[:, :, None] - alpha.reshape(n, *[1] * (g.dim() - 3)) * steps)
+        outputs.append(f_res(tuple(w_t), q[:, :, part, None, :])[..., 0, :])  # (B, H, n, D)
+        weights = tuple(w[:, :, -1] for w in w_t)  # the mini-batch's last W_t starts the next one
+    return torch.cat(outputs, dim=2)
 
 
 # ---- the dual form: a few matrix products per mini-batch ---------------------------------------------
@@ -203,8 +240,14 @@ def ttt_dual(q, k, v, eta, params: Params, ln=None, mini_batch: int = 16, mean: 
     start of the current mini-batch (W_0 at position 0), ``acc`` its accumulators (None: zero), ``start`` the
     absolute position of q[:, :, 0]. Returns (z̄ (B, H, T, D), as ``ttt_primal``; the weights at the start of the mini-batch after
     the last token, its accumulators): feed both back with start + T to continue."""
+    with torch.autocast(q.device.type, enabled=False):  # W accumulates over mini-batches: never in bf16
+        return _dual(q, k, v, eta, params, ln, mini_batch, mean, acc, start)
+
+
+def _dual(q, k, v, eta, params, ln, mini_batch, mean, acc, start):
     dtype = torch.promote_types(q.dtype, torch.float32)
     q, k, v, eta = (x.to(dtype) for x in (q, k, v, eta))
+    ln = None if ln is None else tuple(p.to(dtype) for p in ln)
     batch, _, length, _ = q.shape
     weights = per_sample(tuple(p.to(dtype) for p in params), batch)
     acc = tuple(torch.zeros_like(w) for w in weights) if acc is None else tuple(a.to(dtype) for a in acc)

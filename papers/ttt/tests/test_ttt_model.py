@@ -14,8 +14,8 @@ from papers.ttt.model import TTTMixer
 MIXERS = {
     "linear": dict(inner="linear"),
     "mlp": dict(inner="mlp", mini_batch=4),
-    "mamba_backbone": dict(inner="linear", width=64, conv_kernel=4, gated=True),
-    "mlp_mamba_backbone": dict(inner="mlp", width=64, conv_kernel=4, gated=True, mini_batch=8),
+    "mamba_backbone": dict(inner="linear", conv_kernel=4, gated=True),
+    "mlp_mamba_backbone": dict(inner="mlp", conv_kernel=4, gated=True, mini_batch=8),
     **{f"rung_{name}": {"mini_batch": 63, **changes} for name, changes in RUNGS.items()},
 }
 

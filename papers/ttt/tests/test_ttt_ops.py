@@ -14,6 +14,7 @@ from papers.ttt.ops import (
     per_sample,
     ttt_dual,
     ttt_primal,
+    ttt_primal_minibatch,
 )
 
 B, H, T, D = 2, 2, 63, 8  # T = 63: a partial last mini-batch for every b below but T
@@ -52,6 +53,22 @@ def test_dual_form_equals_primal_forward_and_every_gradient(inner, mini_batch, m
     assert ad[0].abs().max() > 0 or T % mini_batch == 0  # the partial last mini-batch left an accumulator
     for ours, ref in [(zd, zp), *zip(wd, wp), *zip(ad, ap), *zip(gd, gp)]:
         torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("inner", ["linear", "mlp"])
+@pytest.mark.parametrize("mini_batch", [1, 4, 16, T])
+def test_the_vectorised_primal_form_equals_the_dual_form(inner, mini_batch):
+    """The benchmark's primal form (per-token gradients materialised per mini-batch) computes the same z̄."""
+    q, k, v, eta, ln, g = layer_inputs()
+    weights = inner_weights(inner, g)
+    leaves = [q, k, v, eta, *weights, *ln]
+    primal = ttt_primal_minibatch(q, k, v, eta, weights, ln, mini_batch, True)
+    dual = ttt_dual(q, k, v, eta, weights, ln, mini_batch, True)[0]
+    torch.testing.assert_close(primal, dual, rtol=1e-10, atol=1e-10)
+    for a, b in zip(
+        torch.autograd.grad(primal.pow(2).sum(), leaves), torch.autograd.grad(dual.pow(2).sum(), leaves)
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("inner", ["linear", "mlp"])
@@ -105,6 +122,17 @@ def test_theorem_2_nadaraya_watson_is_softmax_attention():
         learner = nadaraya_watson(q, k, v)
         attention = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
     torch.testing.assert_close(learner, attention, rtol=1e-12, atol=1e-12)
+
+
+def test_the_inner_loop_stays_fp32_under_bf16_autocast():
+    q, k, v, eta, ln, g = layer_inputs(dtype=torch.float32)
+    weights = inner_weights("linear", g, torch.float32)
+    with torch.no_grad():
+        plain = ttt_dual(q, k, v, eta, weights, ln, 16, True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = ttt_dual(q, k, v, eta, weights, ln, 16, True)
+    assert autocast[0].dtype == autocast[1][0].dtype == torch.float32
+    torch.testing.assert_close(autocast[0], plain[0], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
