@@ -15,6 +15,7 @@ points ``+5.0 pts``; ``float``: four significant digits).
 from __future__ import annotations
 
 import fnmatch
+import re
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,12 @@ def reproductions(mlflow_client, slug: str, preset: str | None = None) -> list[R
         if run.info.status == "FINISHED":
             rep.runs.setdefault(key, run)
     return sorted(found.values(), key=lambda r: r.started, reverse=True)
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders the numbers inside a name by value: ``acc/L128`` before ``acc/L1024``, ``mb4``
+    before ``mb16``."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
 def seed_order(seed: str) -> tuple[int, str]:

@@ -39,6 +39,7 @@ from common.claims import (
     RunKey,
     evaluate,
     fmt,
+    natural_key,
     reproductions,
     shown_criterion,
     shown_ours,
@@ -53,11 +54,6 @@ from common.tracking import client, tracking_uri
 
 
 # ---- writing -------------------------------------------------------------------------------
-def natural_key(name: str) -> tuple:
-    """Sort key that orders the numbers inside a name by value: ``acc/L128`` before ``acc/L1024``."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
-
-
 def _results_table(runs: dict[RunKey, Any]) -> list[str]:
     lines = []
     for task in sorted({t for (t, _, _) in runs}):

@@ -1,7 +1,7 @@
 """The figures of a report (``reports/<paper>/figures/*.png``), drawn from one reproduction's runs.
 
 ``curves_figure``: the training loss of every run of a task against the step. ``claim_figure``: the
-claim's metric per variant (a bar per variant, the mean over seeds with the std as an error bar; for a
+claim's metric per variant (a bar per variant, in natural order, the mean over seeds with the std as an error bar; for a
 glob metric such as ``acc/L*``, one line per variant against the sequence length), with the paper's
 value and the pass threshold as horizontal lines. A ``relative_to`` claim is judged on a difference,
 so a second panel shows that difference per seed and its mean, with the threshold line there. Legends
@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from common.claims import ClaimResult, RunKey, measured, shown_criterion
+from common.claims import ClaimResult, RunKey, measured, natural_key, shown_criterion
 
 
 def _pyplot():
@@ -53,7 +53,7 @@ def _save(fig, path: Path) -> None:
 def _metric_panel(ax, result: ClaimResult, runs: dict[RunKey, Any]) -> None:
     """The claim's metric for every variant of its task."""
     m = result.claim.measure
-    variants = sorted({v for (t, v, _) in runs if t == m.task})
+    variants = sorted({v for (t, v, _) in runs if t == m.task}, key=natural_key)  # mb4, mb8, .., mb64, mbT
     if any(ch in m.metric for ch in "*?["):  # e.g. accuracy against test length, one line per variant
         for variant in variants:
             points: dict[float, list[float]] = defaultdict(list)

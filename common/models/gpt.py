@@ -106,7 +106,8 @@ _GLOBAL_KEYS = [
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "lm_head.weight")
 
 
-def _key_map(n_layers: int) -> list[tuple[str, str, bool]]:
+def hf_key_map(n_layers: int) -> list[tuple[str, str, bool]]:
+    """(HF GPT-2 key, our key, transposed: a Conv1D weight) for every tensor of an ``n_layers`` model."""
     layer = [(h.format(i=i), o.format(i=i), t) for i in range(n_layers) for h, o, t in _LAYER_KEYS]
     return _GLOBAL_KEYS + layer
 
@@ -143,7 +144,7 @@ def load_hf_gpt2(path: str | Path, dropout: float = 0.0) -> CausalLM:
     tensors = {k.removeprefix("transformer."): v for k, v in load_file(path / "model.safetensors").items()}
     model = build_gpt(cfg)
     ours = {}
-    for hf_key, our_key, transpose in _key_map(cfg.n_layers):
+    for hf_key, our_key, transpose in hf_key_map(cfg.n_layers):
         if hf_key not in tensors:
             raise KeyError(f"{path / 'model.safetensors'} has no tensor '{hf_key}'")
         tensor = tensors.pop(hf_key)
@@ -165,7 +166,7 @@ def save_hf_gpt2(model: CausalLM, cfg: GPTConfig, path: str | Path) -> None:
     state = model.state_dict()
     tensors = {
         f"transformer.{hf_key}": (state[our_key].t() if transpose else state[our_key]).contiguous().cpu()
-        for hf_key, our_key, transpose in _key_map(cfg.n_layers)
+        for hf_key, our_key, transpose in hf_key_map(cfg.n_layers)
     }
     save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
     hf_config = {
