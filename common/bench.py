@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import time
 from collections.abc import Callable
@@ -91,6 +92,14 @@ def time_paths(
                 row[f"speedup_vs_{other}"] = row[other] / row["fast"]
         rows.append(row)
     return rows
+
+
+def package_version(package: str) -> str | None:
+    """The installed version of ``package``, None when it is not installed."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _commit() -> str:

@@ -65,7 +65,7 @@ def _metric_panel(ax, result: ClaimResult, runs: dict[RunKey, Any]) -> None:
             xs = sorted(points)
             ax.plot(xs, [statistics.fmean(points[x]) for x in xs], marker="o", label=variant)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("sequence length")
+        ax.set_xlabel("L of the metric name (a sequence length, or the end of a position bucket)")
     else:  # one bar per variant: the mean over seeds, the std as an error bar
         per_seed = [list(measured(runs, m.task, v, m.metric, "mean")[0].values()) for v in variants]
         means = [statistics.fmean(xs) if xs else 0 for xs in per_seed]
@@ -76,6 +76,9 @@ def _metric_panel(ax, result: ClaimResult, runs: dict[RunKey, Any]) -> None:
         ]
         ax.bar(variants, means, yerr=stds if any(stds) else None, color=colors)
         ax.tick_params(axis="x", rotation=20)
+        low, high = min(m - s for m, s in zip(means, stds)), max(m + s for m, s in zip(means, stds))
+        if low > 0 and high - low < 0.2 * high:  # close positive values (losses): zoom on them, not on 0
+            ax.set_ylim(low - 0.25 * (high - low) - 1e-9, high + 0.25 * (high - low) + 1e-9)
     if isinstance(result.claim.paper, (int, float)) and not m.relative_to:
         ax.axhline(result.claim.paper, color="black", linestyle=":", label="paper")
     ax.set_ylabel(m.metric)

@@ -47,6 +47,21 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
         assert needle in lines[0], lines[0]
 
 
+def smoke_reproduction(lab: Path, slug: str) -> tuple[str, dict[tuple[str, str], dict[str, float]]]:
+    """Run ``python -m common.reproduce <slug> scale=smoke`` into the ``lab`` store; assert that it succeeded
+    and that a run measured every claim. Returns the report's README text and the final metrics of each
+    (task, variant) run."""
+    from common.tracking import client
+
+    result = run_cli("-m", "common.reproduce", slug, "scale=smoke", "progress=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    readme = (lab / "reports" / slug / "README.md").read_text()
+    assert "**not run**" not in readme  # every claim was measured by a run
+    mlflow_client = client()
+    runs = mlflow_client.search_runs([mlflow_client.get_experiment_by_name(slug).experiment_id])
+    return readme, {(r.data.tags["task"], r.data.tags["variant"]): r.data.metrics for r in runs}
+
+
 @pytest.fixture
 def lab_copy(tmp_path) -> Path:
     """A scratch copy of the lab (common/, the template paper, pyproject.toml) that a test may break."""

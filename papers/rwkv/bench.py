@@ -24,7 +24,6 @@ DIR/bench.md and DIR/bench.json (default DIR: reports/rwkv) and ``run`` returns 
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import math
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.bench import cli, environment, environment_line, time_paths, write_results
+from common.bench import cli, environment, environment_line, package_version, time_paths, write_results
 from common.errors import PaperzooError
 from common.models import zoo
 from common.paths import reports_dir
@@ -269,13 +268,6 @@ def _markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def run(
     out_dir: Path,
     lengths: tuple[int, ...] = (256, 1024, 4096),
@@ -293,7 +285,7 @@ def run(
     wkv4_paths = {"fast": wkv4, "reference": wkv4_ref}
     result = {
         **environment(device),
-        "versions": {"fla-core": _version("fla-core"), "rwkv": _version("rwkv")},
+        "versions": {"fla-core": package_version("fla-core"), "rwkv": package_version("rwkv")},
         "wkv4": bench_kernel("wkv4", _wkv4_inputs, wkv4_paths, tuple(lengths), repeats, device, log),
         "wkv7": bench_kernel("wkv7", _wkv7_inputs, _wkv7_paths(), tuple(lengths), repeats, device, log),
         "generation": bench_generation(dict(lm), gen_prompt, gen_tokens, repeats, log),

@@ -21,12 +21,11 @@ and DIR/bench.json (default DIR: reports/ttt) and ``run`` returns the same numbe
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Callable
 
 import torch
 
-from common.bench import cli, environment, environment_line, time_paths, write_results
+from common.bench import cli, environment, environment_line, package_version, time_paths, write_results
 from common.errors import PaperzooError
 from common.fla import fla_naive
 from common.inference import generation_costs
@@ -201,11 +200,7 @@ def run(out_dir, lengths=(256, 1024, 4096), repeats: int = 3, lm: dict = LM,
         positions: tuple[int, ...] = POSITIONS, log: Callable[[str], None] = print) -> dict:  # fmt: skip
     """The inner loop on CUDA if available, else CPU; generation on CPU; write ``out_dir/bench.{md,json}``."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        fla_version = importlib.metadata.version("fla-core")
-    except importlib.metadata.PackageNotFoundError:
-        fla_version = None
-    result = {**environment(device), "fla_core": fla_version, "positions": list(positions), "lm": dict(lm),
+    result = {**environment(device), "fla_core": package_version("fla-core"), "positions": list(positions), "lm": dict(lm),
               **bench_kernels(lengths, repeats, device, log),
               "generation": bench_generation(lm, tuple(positions), log)}  # fmt: skip
     result["targets"] = _targets(result)

@@ -4,19 +4,12 @@ import pytest
 
 from common.config import load_config
 from common.experiment import load_paper
-from common.testing import assert_one_line_error, run_cli
-from common.tracking import client
+from common.testing import assert_one_line_error, run_cli, smoke_reproduction
 
 
 @pytest.mark.slow
 def test_smoke_reproduction_measures_every_claim(lab):
-    result = run_cli("-m", "common.reproduce", "rwkv", "scale=smoke", "progress=false")
-    assert result.returncode == 0, result.stderr[-3000:]
-    readme = (lab / "reports" / "rwkv" / "README.md").read_text()
-    assert "**not run**" not in readme  # every claim was measured by a run
-    mlflow_client = client()
-    runs = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("rwkv").experiment_id])
-    by_variant = {(r.data.tags["task"], r.data.tags["variant"]): r.data.metrics for r in runs}
+    _, by_variant = smoke_reproduction(lab, "rwkv")
     assert set(by_variant) == {(task, f"{arch}_lr0.003") for task in ("shakespeare_char", "mqar", "state_tracking")
                                for arch in ("rwkv4", "rwkv7", "gpt")}  # fmt: skip
     for arch in ("rwkv4", "rwkv7"):

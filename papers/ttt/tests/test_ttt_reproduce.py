@@ -5,20 +5,13 @@ import pytest
 from common.config import load_config
 from common.experiment import load_paper
 from common.models import zoo
-from common.testing import assert_one_line_error, run_cli
-from common.tracking import client
+from common.testing import assert_one_line_error, run_cli, smoke_reproduction
 from papers.ttt.experiment import LM_ARCHS, LONG_ARCHS, RUNGS, _arch
 
 
 @pytest.mark.slow
 def test_smoke_reproduction_measures_every_claim(lab):
-    result = run_cli("-m", "common.reproduce", "ttt", "scale=smoke", "progress=false")
-    assert result.returncode == 0, result.stderr[-3000:]
-    readme = (lab / "reports" / "ttt" / "README.md").read_text()
-    assert "**not run**" not in readme  # every claim was measured by a run
-    mlflow_client = client()
-    runs = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("ttt").experiment_id])
-    by_variant = {(r.data.tags["task"], r.data.tags["variant"]): r.data.metrics for r in runs}
+    _, by_variant = smoke_reproduction(lab, "ttt")
     assert by_variant[("ladder", "linattn")]["theorem1/max_abs_diff"] <= 1e-10
     assert "theorem1/max_abs_diff" not in by_variant[("ladder", "ln")]  # only Theorem 1's layer is measured
     for arch in ("ttt_linear", "ttt_mlp", "ttt_linear_m"):
