@@ -195,25 +195,25 @@ def _loss_grad_z(z: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ln) -> torch
 
 def _apply(xq, xk, w, b, acc_w, acc_b, g, e_scaled, alpha):
     """One linear layer of the dual form: rows of xq (B, H, n, Din) through W_t = W_{t'} - α_t (A + Σ_{s<=t} η_s
-    xk_s^T g_s) (and its bias), with ``e_scaled`` = E = α_t η_s [s <= t] (B, H, n, n)."""
-    out = xq @ w - alpha * (xq @ acc_w)  # (B, H, n, Dout)
+    xk_s^T g_s) (and its bias), with ``e_scaled`` = E = α_t η_s [s <= t] (B, H, n, n); A = None: zero (a call
+    that starts the mini-batch)."""
+    out = xq @ w  # (B, H, n, Dout)
+    if acc_w is not None:
+        out = out - alpha * (xq @ acc_w)
     scores = xq @ xk.transpose(-1, -2)  # (B, H, n, n)
     if b is not None:
-        out = out + b[..., None, :] - alpha * acc_b[..., None, :]
+        out = out + b[..., None, :]
+        if acc_b is not None:
+            out = out - alpha * acc_b[..., None, :]
         scores = scores + 1
     return out - (e_scaled * scores) @ g
 
 
-def _segment(q, k, v, eta, weights: Params, acc: Params, ln, first: int, mean: bool):
-    """Tokens of ONE mini-batch, at its 0-based indices first .. first + n - 1, after ``acc`` (the accumulated
-    η_s ∇ℓ of its earlier tokens). Returns (z̄ (B, H, n, D), the new acc)."""
-    n = q.shape[2]
-    index = torch.arange(first + 1, first + n + 1, device=q.device, dtype=q.dtype)  # 1-based, (n,)
-    alpha = (1.0 / index if mean else torch.ones_like(index))[:, None]  # (n, 1): α_t per row
-    causal = torch.ones(n, n, device=q.device, dtype=torch.bool).tril()
-    e_scaled = torch.where(
-        causal, alpha * eta[:, :, None, :], 0.0
-    )  # E[t, s] = α_t η_s [s <= t]  (B, H, n, n)
+def _segment(q, k, v, eta, weights: Params, acc: Params | None, ln, alpha, causal):
+    """Tokens of ONE mini-batch after ``acc`` (the accumulated η_s ∇ℓ of its earlier tokens; None: none), with
+    ``alpha`` (n, 1) their α_t and ``causal`` the (n, n) mask s <= t. Returns (z̄ (B, H, n, D), the new acc)."""
+    e_scaled = torch.where(causal, alpha * eta[:, :, None, :], 0.0)  # E[t, s] = α_t η_s [s <= t] (B, H, n, n)
+    acc = acc or (None,) * len(weights)
     eta_col = eta[..., None]  # (B, H, n, 1)
     if len(weights) == 4:  # TTT-MLP
         w1, b1, w2, b2 = weights
@@ -231,7 +231,7 @@ def _segment(q, k, v, eta, weights: Params, acc: Params, ln, first: int, mean: b
         g = _loss_grad_z(f_res(weights, k), k, v, ln)  # (B, H, n, D)
         out = _apply(q, k, w, b, acc[0], acc[1] if b is not None else None, g, e_scaled, alpha)
         new = (k.transpose(-1, -2) @ (eta_col * g),) + (((eta_col * g).sum(-2),) if b is not None else ())
-    return out, tuple(a + d for a, d in zip(acc, new))
+    return out, tuple(d if a is None else a + d for a, d in zip(acc, new))
 
 
 def ttt_dual(q, k, v, eta, params: Params, ln=None, mini_batch: int = 16, mean: bool = False,
@@ -250,20 +250,23 @@ def _dual(q, k, v, eta, params, ln, mini_batch, mean, acc, start):
     ln = None if ln is None else tuple(p.to(dtype) for p in ln)
     batch, _, length, _ = q.shape
     weights = per_sample(tuple(p.to(dtype) for p in params), batch)
-    acc = tuple(torch.zeros_like(w) for w in weights) if acc is None else tuple(a.to(dtype) for a in acc)
+    acc = None if acc is None else tuple(a.to(dtype) for a in acc)  # None: zero, at a mini-batch's start
+    index = torch.arange(1, min(mini_batch, length + start % mini_batch) + 1, device=q.device, dtype=dtype)
+    alphas = (1.0 / index if mean else torch.ones_like(index))[:, None]  # α_t by index in the mini-batch
+    causal = torch.ones(len(index), len(index), device=q.device, dtype=torch.bool).tril()
     outputs, t = [], 0
     while t < length:
         first = (start + t) % mini_batch
         n = min(mini_batch - first, length - t)
         part = slice(t, t + n)
-        z, acc = _segment(q[:, :, part], k[:, :, part], v[:, :, part], eta[:, :, part], weights, acc, ln, first,
-                          mean)  # fmt: skip
+        z, acc = _segment(q[:, :, part], k[:, :, part], v[:, :, part], eta[:, :, part], weights, acc, ln,
+                          alphas[first : first + n], causal[:n, :n])  # fmt: skip
         outputs.append(z)
         if first + n == mini_batch:  # the mini-batch is complete: W_{t'+b} = W_{t'} - α_b A
-            alpha = 1.0 / mini_batch if mean else 1.0
-            weights = tuple(w - alpha * a for w, a in zip(weights, acc))
-            acc = tuple(torch.zeros_like(a) for a in acc)
+            weights = tuple(w - alphas[-1, 0] * a for w, a in zip(weights, acc))
+            acc = None
         t += n
+    acc = tuple(torch.zeros_like(w) for w in weights) if acc is None else acc
     return torch.cat(outputs, dim=2), weights, acc
 
 
