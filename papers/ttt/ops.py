@@ -27,7 +27,10 @@ tokens so far, as the official implementation weighs them). Mini-batches are ali
 0, b, 2b, ...; b = T is batch GD over the whole sequence.
 
 ``ttt_primal`` is the reference, token by token: it materialises each ∇ℓ(W_{t'}; x_s) by autograd (differentiable:
-``create_graph``) and each W_t. ``ttt_dual`` is the **dual form** (Sec. 2.5), the fast path: per mini-batch, the
+``create_graph``) and each W_t. ``ttt_primal_minibatch`` is the primal form as the paper times it: per mini-batch,
+the b per-token gradients and b weight copies materialised at once (the benchmark's baseline). All three return
+z̄_t = f_res(q_t; W_t); ``output_rule`` gives Eq. 5's z_t = q_t + LN(z̄_t). ``ttt_dual`` is the **dual form**
+(Sec. 2.5), the fast path: per mini-batch, the
 outputs and the end-of-mini-batch weights come from a few matrix products, without per-token gradients of W.
 With Z = K W_{t'} + b (b x D) and G = ∂ℓ/∂Z row by row (the gradient of the loss at each key's output), the
 gradient of token s is k_s^T g_s, so for the tokens t of the mini-batch, with E[t, s] = α_t η_s for s <= t:
