@@ -1,8 +1,8 @@
 """The figures of a report (``reports/<paper>/figures/*.png``), drawn from one reproduction's runs.
 
 ``curves_figure``: the training loss of every run of a task against the step. ``claim_figure``: the
-claim's metric per variant (a bar per variant, in natural order, the mean over seeds with the std as an error bar; for a
-glob metric such as ``acc/L*``, one line per variant against the sequence length), with the paper's
+claim's metric per variant (a bar per variant, in natural order, the mean over seeds with the std as an
+error bar; for a glob metric such as ``acc/L*``, one line per variant against the sequence length), with the paper's
 value and the pass threshold as horizontal lines. A ``relative_to`` claim is judged on a difference,
 so a second panel shows that difference per seed and its mean, with the threshold line there. Legends
 sit outside the axes, never over the data.

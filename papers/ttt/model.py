@@ -159,8 +159,9 @@ class TTTMixer(nn.Module):
     def prefill(self, x: torch.Tensor, state):  # x (B, L, C) after ``state`` -> (B, L, C), state after x
         window, weights, acc, position = state
         q, k, v, eta, window = self._views(x, window)
+        fresh = position % self.mini_batch == 0  # a mini-batch starts: its accumulators are zero (skipped)
         z_bar, weights, acc = ttt_dual(q, k, v, eta, weights, self._ln(), self.mini_batch, self.grad_mean,
-                                       acc=acc, start=position)  # fmt: skip
+                                       acc=None if fresh else acc, start=position)  # fmt: skip
         return self._output(output_rule(z_bar, q, self._ln()), x), (
             window,
             weights,

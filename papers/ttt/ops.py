@@ -147,17 +147,32 @@ def ttt_primal(q, k, v, eta, params: Params, ln=None, mini_batch: int = 16, mean
     return torch.stack(outputs, dim=2), weights, acc
 
 
+def _layers(weights: Params) -> list[tuple[int, ...]]:
+    """The indices in ``weights`` of each layer of f_res: (matrix,) or (matrix, bias); one layer for linear,
+    two for MLP."""
+    return [(0, 1), (2, 3)] if len(weights) == 4 else [tuple(range(len(weights)))]
+
+
+def _layer_grads(
+    weights: Params, k: torch.Tensor, v: torch.Tensor, ln
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer of f_res at ``weights``, for the keys k, v (B, H, n, D): (its input rows x, g = ∂ℓ/∂ its output),
+    so that token s's gradient is x_s^T g_s for the layer's matrix and g_s for its bias (closed form)."""
+    if len(weights) == 4:  # TTT-MLP: G1 = (G2 W2^T) ⊙ GELU'(Z1)
+        w1, b1, w2, b2 = weights
+        z1 = k @ w1 + b1[..., None, :]  # (B, H, n, 4D)
+        x2 = _gelu(z1)
+        g2 = _loss_grad_z(x2 @ w2 + b2[..., None, :], k, v, ln)  # (B, H, n, D)
+        return [(k, (g2 @ w2.transpose(-1, -2)) * _gelu_grad(z1)), (x2, g2)]
+    return [(k, _loss_grad_z(f_res(weights, k), k, v, ln))]
+
+
 def _grads_per_token(weights: Params, k: torch.Tensor, v: torch.Tensor, ln) -> Params:
     """∇_W ℓ(W; x_s) for every token s of k, v (B, H, n, D) in closed form, materialised: (B, H, n, *W.shape)."""
-    if len(weights) == 4:  # TTT-MLP
-        w1, b1, w2, b2 = weights
-        z1 = k @ w1 + b1[..., None, :]
-        x2 = _gelu(z1)
-        g2 = _loss_grad_z(x2 @ w2 + b2[..., None, :], k, v, ln)
-        g1 = (g2 @ w2.transpose(-1, -2)) * _gelu_grad(z1)
-        return k[..., :, None] * g1[..., None, :], g1, x2[..., :, None] * g2[..., None, :], g2
-    g = _loss_grad_z(f_res(weights, k), k, v, ln)
-    return (k[..., :, None] * g[..., None, :], g)[: len(weights)]
+    grads = []
+    for (x, g), layer in zip(_layer_grads(weights, k, v, ln), _layers(weights)):
+        grads += [x[..., :, None] * g[..., None, :], g][: len(layer)]
+    return tuple(grads)
 
 
 def ttt_primal_minibatch(q, k, v, eta, params: Params, ln=None, mini_batch: int = 16, mean: bool = False):
@@ -214,26 +229,21 @@ def _apply(xq, xk, w, b, acc_w, acc_b, g, e_scaled, alpha):
 
 def _segment(q, k, v, eta, weights: Params, acc: Params | None, ln, alpha, causal):
     """Tokens of ONE mini-batch after ``acc`` (the accumulated η_s ∇ℓ of its earlier tokens; None: none), with
-    ``alpha`` (n, 1) their α_t and ``causal`` the (n, n) mask s <= t. Returns (z̄ (B, H, n, D), the new acc)."""
+    ``alpha`` (n, 1) their α_t and ``causal`` the (n, n) mask s <= t. Returns (z̄ (B, H, n, D), the new acc).
+    Layer by layer: the queries' rows through W_t (``_apply``; GELU between the MLP's layers), with the keys'
+    rows and loss gradients at W_{t'} (``_layer_grads``)."""
     e_scaled = torch.where(causal, alpha * eta[:, :, None, :], 0.0)  # E[t, s] = α_t η_s [s <= t] (B, H, n, n)
     acc = acc or (None,) * len(weights)
     eta_col = eta[..., None]  # (B, H, n, 1)
-    if len(weights) == 4:  # TTT-MLP
-        w1, b1, w2, b2 = weights
-        z1 = k @ w1 + b1[..., None, :]  # (B, H, n, 4D)   the keys through layer 1 at W_{t'}
-        x2 = _gelu(z1)
-        g2 = _loss_grad_z(x2 @ w2 + b2[..., None, :], k, v, ln)  # (B, H, n, D)
-        g1 = (g2 @ w2.transpose(-1, -2)) * _gelu_grad(z1)  # (B, H, n, 4D)
-        z1_q = _apply(q, k, w1, b1, acc[0], acc[1], g1, e_scaled, alpha)  # Z̄1 of the queries
-        x2_q = _gelu(z1_q)
-        out = _apply(x2_q, x2, w2, b2, acc[2], acc[3], g2, e_scaled, alpha)  # Z̄2
-        new = (k.transpose(-1, -2) @ (eta_col * g1), (eta_col * g1).sum(-2),
-               x2.transpose(-1, -2) @ (eta_col * g2), (eta_col * g2).sum(-2))  # fmt: skip
-    else:  # TTT-Linear
-        w, b = weights[0], weights[1] if len(weights) == 2 else None
-        g = _loss_grad_z(f_res(weights, k), k, v, ln)  # (B, H, n, D)
-        out = _apply(q, k, w, b, acc[0], acc[1] if b is not None else None, g, e_scaled, alpha)
-        new = (k.transpose(-1, -2) @ (eta_col * g),) + (((eta_col * g).sum(-2),) if b is not None else ())
+    out, new = q, []
+    for i, ((x, g), layer) in enumerate(zip(_layer_grads(weights, k, v, ln), _layers(weights))):
+        w, b = (weights[j] for j in layer) if len(layer) == 2 else (weights[layer[0]], None)
+        acc_w, acc_b = (acc[j] for j in layer) if len(layer) == 2 else (acc[layer[0]], None)
+        out = _apply(
+            out if i == 0 else _gelu(out), x, w, b, acc_w, acc_b, g, e_scaled, alpha
+        )  # (B, H, n, Dout)
+        step = eta_col * g
+        new += [x.transpose(-1, -2) @ step, step.sum(-2)][: len(layer)]
     return out, tuple(d if a is None else a + d for a, d in zip(acc, new))
 
 
@@ -241,8 +251,8 @@ def ttt_dual(q, k, v, eta, params: Params, ln=None, mini_batch: int = 16, mean: 
              acc: Params | None = None, start: int = 0):  # fmt: skip
     """The dual form of ``ttt_primal``'s layer (Sec. 2.5), continuing a state: ``params`` are the weights at the
     start of the current mini-batch (W_0 at position 0), ``acc`` its accumulators (None: zero), ``start`` the
-    absolute position of q[:, :, 0]. Returns (z̄ (B, H, T, D), as ``ttt_primal``; the weights at the start of the mini-batch after
-    the last token, its accumulators): feed both back with start + T to continue."""
+    absolute position of q[:, :, 0]. Returns (z̄ (B, H, T, D), as ``ttt_primal``; the weights at the start of
+    the mini-batch after the last token, its accumulators): feed both back with start + T to continue."""
     with torch.autocast(q.device.type, enabled=False):  # W accumulates over mini-batches: never in bf16
         return _dual(q, k, v, eta, params, ln, mini_batch, mean, acc, start)
 
