@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.errors import PaperzooError
+from common.runs import count_parameters
 
 Targets = Sequence[str] | Mapping[str, Sequence[bool] | None]
 
@@ -229,8 +230,9 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def n_trainable(model: nn.Module) -> int:
-    """Number of parameters with ``requires_grad`` (tied weights counted once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Number of parameters with ``requires_grad`` (tied weights counted once): the lab's count, which
+    common.reproduce logs as ``model/n_trainable``."""
+    return count_parameters(model)[1]
 
 
 def merge_all(model: nn.Module) -> None:

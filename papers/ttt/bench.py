@@ -32,7 +32,7 @@ from common.inference import generation_costs
 from common.models import zoo
 from common.paths import reports_dir
 
-from .ops import output_rule, ttt_dual, ttt_primal, ttt_primal_minibatch
+from .ops import inner_shapes, output_rule, ttt_dual, ttt_primal, ttt_primal_minibatch
 
 KERNEL = dict(batch=1, heads=4, head_dim=64, mini_batch=16)
 LM = dict(vocab_size=1000, d_model=256, n_layers=4, n_heads=4)
@@ -47,9 +47,8 @@ def _inputs(inner: str) -> Callable[[int, torch.device], dict]:
     def make(length: int, device: torch.device, seed: int = 0) -> dict:
         g = torch.Generator().manual_seed(seed)
         b, h, d = KERNEL["batch"], KERNEL["heads"], KERNEL["head_dim"]
-        shapes = {"linear": [(h, d, d), (h, d)], "mlp": [(h, d, 4 * d), (h, 4 * d), (h, 4 * d, d), (h, d)]}
         x = {name: torch.randn(b, h, length, d, generator=g) for name in ("q", "k", "v")}
-        x["weights"] = [0.02 * torch.randn(*s, generator=g) for s in shapes[inner]]
+        x["weights"] = [0.02 * torch.randn(*s, generator=g) for s in inner_shapes(inner, h, d)]
         x["ln"] = [torch.ones(h, d), torch.zeros(h, d)]
         leaves = {k: v.to(device).requires_grad_() if torch.is_tensor(v) else [t.to(device).requires_grad_()
                   for t in v] for k, v in x.items()}  # fmt: skip

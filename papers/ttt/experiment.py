@@ -114,9 +114,10 @@ class Config(BaseConfig):
     long_context: LongContextConfig = field(default_factory=LongContextConfig)
 
 
-def _theorem1_layers(model) -> list[TTTMixer]:
-    return [b.mixer for b in model.blocks if isinstance(b.mixer, TTTMixer) and b.mixer.init_weights is None
-            and b.mixer.ln_weight is None and b.mixer.inner == "linear"]  # fmt: skip
+def _is_theorem1(mixer) -> bool:
+    """A TTT-Linear layer with W_0 = 0 and no LN or residual: Theorem 1's (with b >= T)."""
+    return (isinstance(mixer, TTTMixer) and mixer.init_weights is None and mixer.ln_weight is None
+            and mixer.inner == "linear")  # fmt: skip
 
 
 @torch.no_grad()
@@ -129,7 +130,7 @@ def theorem1_gap(model, idx: torch.Tensor) -> float:
     x, gap = lm._embed(idx), 0.0
     for block in lm.blocks:
         layer = block.mixer
-        if layer in _theorem1_layers(lm) and layer.mini_batch >= idx.shape[1]:
+        if _is_theorem1(layer) and layer.mini_batch >= idx.shape[1]:
             u = block.norm1(x)
             q, k, v, eta, _ = layer._views(u, None)  # eta: the layer's fixed η (B, H, T)
             attention = layer._output(2 * eta[..., None] * linear_attention(q, k, v), u)
@@ -152,7 +153,7 @@ class RecurrentCheckTask(LanguageModelingTask):
         idx = self.batch("val", 0, 1, self.eval_seed)["idx"][:, : self.check_tokens]
         with torch.no_grad():
             metrics["rnn/max_logit_diff"] = recurrent_vs_parallel(cpu, idx, cpu.logits(idx))
-        if _theorem1_layers(cpu):
+        if any(_is_theorem1(block.mixer) for block in cpu.blocks):
             metrics["theorem1/max_abs_diff"] = theorem1_gap(
                 cpu, self.batch("val", 0, 4, self.eval_seed)["idx"]
             )

@@ -46,7 +46,7 @@ from common.errors import PaperzooError
 from common.models.lm import CausalLM, GeluMLP
 from common.models.zoo import register
 
-from .ops import output_rule, per_sample, ttt_dual
+from .ops import inner_shapes, output_rule, per_sample, ttt_dual
 
 INIT_STD = 0.02  # the official code's initializer_range
 
@@ -85,9 +85,7 @@ class TTTMixer(nn.Module):
         self.lr_gate = nn.Linear(d_model, n_heads) if learn_lr else None  # θ_lr
         self.gate = nn.Linear(d_model, d_model, bias=False) if gated else None
         h, d = n_heads, self.head_dim
-        shapes = {"linear": [(h, d, d), (h, d)], "mlp": [(h, d, 4 * d), (h, 4 * d), (h, 4 * d, d), (h, d)]}[
-            inner
-        ]
+        shapes = inner_shapes(inner, h, d)
         if learn_init:  # W_0 (and biases b_0): learnable, normal(0.02) and zeros as the official code
             self.init_weights = nn.ParameterList(
                 nn.Parameter(torch.randn(s) * INIT_STD if len(s) == 3 else torch.zeros(s)) for s in shapes

@@ -115,6 +115,12 @@ def _token_grads(params: Params, k: torch.Tensor, v: torch.Tensor, ln) -> Params
         return torch.autograd.grad(loss, inputs, create_graph=create_graph)
 
 
+def inner_shapes(inner: str, heads: int, dim: int) -> list[tuple[int, ...]]:
+    """The shapes of W_0 per head, in ``params`` order: (W, b) for "linear", (W1, b1, W2, b2) for "mlp"."""
+    h, d = heads, dim
+    return {"linear": [(h, d, d), (h, d)], "mlp": [(h, d, 4 * d), (h, 4 * d), (h, 4 * d, d), (h, d)]}[inner]
+
+
 def per_sample(params: Params, batch: int) -> Params:
     """(H, ...) learnable W_0 -> (B, H, ...) per-sample weights; (B, H, ...) states pass through. Matrices sit
     at even indices of ``params``, biases at odd ones."""

@@ -8,6 +8,7 @@ from papers.ttt.ops import (
     _gelu_grad,
     _layer_norm,
     _loss_grad_z,
+    inner_shapes,
     linear_attention,
     nadaraya_watson,
     output_rule,
@@ -21,7 +22,7 @@ B, H, T, D = 2, 2, 63, 8  # T = 63: a partial last mini-batch for every b below 
 
 
 def inner_weights(inner: str, g: torch.Generator, dtype=torch.float64) -> tuple[torch.Tensor, ...]:
-    shapes = {"linear": [(H, D, D), (H, D)], "mlp": [(H, D, 4 * D), (H, 4 * D), (H, 4 * D, D), (H, D)]}[inner]
+    shapes = inner_shapes(inner, H, D)
     return tuple((0.3 * torch.randn(*s, generator=g, dtype=dtype)).requires_grad_() for s in shapes)
 
 
