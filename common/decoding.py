@@ -13,7 +13,8 @@ rank by score), takes the best 2K, sets aside those among the best K that end in
 extension is EOS (OpenNMT-py's end condition) or at its length limit, where the best K extensions
 are finished as they are. With K = 1 the best hypothesis is exactly greedy decoding's.
 
-A model plugs in through a ``Decoder`` (the Transformer's: papers/transformer/decode.py): it owns
+A model plugs in through a ``Decoder`` (the Transformer's: papers/transformer/decode.py; a decoder-only
+LM continuing prompts: ``PromptDecoder``): it owns
 its inputs (a padded source, retrieved passages, ...) and its incremental state (key/value caches);
 the search sees only rows of N = B * copies hypotheses, row ``i * copies + j`` a copy of input i.
 Hypotheses are token ids without BOS and EOS.
@@ -21,9 +22,12 @@ Hypotheses are token ids without BOS and EOS.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from common.models.lm import CausalLM
 
 Hypothesis = tuple[list[int], float]  # (token ids, score), best first in an n-best list
 
@@ -125,3 +129,38 @@ def beam_search(
         state = decoder.reorder(state, (batch_idx * k + parent).view(-1))
     # a stable sort: among equal scores the hypothesis finished first stays first
     return [sorted(hyps, key=lambda hyp: hyp[1], reverse=True)[:n_best] for hyps in finished]
+
+
+def _take_rows(state, index: torch.Tensor):
+    """Rows ``index`` of every tensor of a (nested) decoding state."""
+    if torch.is_tensor(state):
+        return state.index_select(0, index)
+    if isinstance(state, dict):
+        return {k: _take_rows(v, index) for k, v in state.items()}
+    if isinstance(state, (tuple, list)):
+        return type(state)(_take_rows(v, index) for v in state)
+    return state
+
+
+class PromptDecoder:
+    """The ``Decoder`` of a ``common.models.lm.CausalLM`` continuing B prompts of one length P, (B, P): the
+    prompts are prefilled in one parallel pass, then one recurrent step per token, at most ``limit`` tokens
+    (EOS included). The search's first token (its "BOS") follows the prompt, e.g. a separator."""
+
+    def __init__(self, model: CausalLM, limit: int):
+        self.model, self.limit = model, limit
+        self.device = model.embed.weight.device
+
+    def max_lengths(self, prompts: torch.Tensor) -> list[int]:
+        return [self.limit] * prompts.shape[0]
+
+    def start(self, prompts: torch.Tensor, copies: int = 1):
+        prompts = prompts.repeat_interleave(copies, dim=0)
+        return self.model.prefill(prompts, self.model.init_state(prompts.shape[0]))[1]
+
+    def step(self, tokens: torch.Tensor, state):
+        logits, state = self.model.step(tokens, state)  # (N, V)
+        return logits.float().log_softmax(-1), state
+
+    def reorder(self, state, index: torch.Tensor):
+        return {**state, "layers": _take_rows(state["layers"], index)}

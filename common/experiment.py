@@ -125,10 +125,15 @@ class Run:
     params: dict[str, Any] = field(default_factory=dict)  # extra MLflow params for this run
     section: str = ""  # the config section this run is resolved from (its MLflow params); "" = whole config
     init_from: RunRef | None = None  # start from that finished run's final weights
+    seeds: tuple[int, ...] | None = None  # the seeds it trains (None: the config's), e.g. one shared base
 
     @property
     def key(self) -> str:
         return f"{self.task}/{self.variant}"
+
+    def trained_seeds(self, seeds) -> list[int]:
+        """The seeds this run trains: its own ``seeds``, else the config's ``seeds``."""
+        return list(self.seeds if self.seeds is not None else seeds)
 
 
 class LazyTask:
@@ -379,7 +384,8 @@ def validate(paper: Paper, cfg: Any, runs: list[Run]) -> None:
     """What can be checked in seconds before any training; the first problem, in one line.
 
     The presets exist; the plan's runs are unique, well formed (``_check_run_shape``) and their config
-    sections exist; a run that starts from another run of the plan (``init_from``) comes after it; every claim's (task, variant) and
+    sections exist; a run that starts from another run of the plan (``init_from``) comes after it, and
+    that run trains the seed it names; every claim's (task, variant) and
     ``relative_to`` are runs of the plan, unless the claim is ``opt_in``.
     """
     for scale in SCALES:
@@ -397,11 +403,15 @@ def validate(paper: Paper, cfg: Any, runs: list[Run]) -> None:
         base = run.init_from
         if base is not None and (base.paper, base.preset) == (paper.slug, cfg.scale):
             base_key = f"{base.task}/{base.variant}"
-            if base_key not in keys and any(r.key == base_key for r in runs):
+            planned = [r for r in runs if r.key == base_key]
+            if base_key not in keys and planned:
                 raise PaperzooError(
                     f"{source}: run '{run.key}' starts from the run '{base_key}', which plan() does not "
                     f"return before it; return '{base_key}' first"
                 )
+            if planned and base.seed not in planned[0].trained_seeds(cfg.seeds):
+                raise PaperzooError(f"{source}: run '{run.key}' starts from '{base_key}' seed {base.seed}, a "
+                                    f"seed that run does not train ({planned[0].trained_seeds(cfg.seeds)})")  # fmt: skip
         keys.add(run.key)
         if run.section and not isinstance(OmegaConf.select(cfg, run.section), DictConfig):
             raise PaperzooError(

@@ -3,14 +3,18 @@
 ``python -m common.golden [paper ...]`` (``nox -s golden``) trains every run of a paper's smoke
 preset exactly as ``common.reproduce`` does (the same plan, seeds, model set-up
 ``common.reproduce.prepare_model``: seeded, built, started from its ``init_from`` run; the shared
-loop), on the CPU, logging its losses in memory rather than to MLflow (a run that starts from another
-run's weights still finds them in the MLflow store or runs folder), and writes
+loop), on the CPU, logging its losses in memory rather than to MLflow, and writes
 
     tests/golden/<paper>.json = {"paper", "preset", "commit", "dirty", "torch", "threads", "steps",
                                  "runs": {"<task>/<variant>/s<seed>": [[step, loss], ...]}}
 
 ``train.log_every`` is set to 1 (logging only: the numerics do not change) so the curve has every
-step, and the final evaluation is skipped (it comes after the last step). ``steps`` caps how many
+step, and the final evaluation is skipped (it comes after the last step; a run of 0 steps, an
+evaluation only, has an empty curve). A run that starts from
+another run of the same plan starts from the weights this module trained for it (saved, pinned, in a
+private runs folder: never a reproduction's in the MLflow store or ``runs/``, which would make the
+curve depend on what was run before); one that starts from another paper's run finds it there, as
+``common.reproduce`` does. ``steps`` caps how many
 steps of each run are recorded and compared (``write_golden(slug, steps)``, for a paper whose smoke
 preset is slow: the schedule still sees the full ``max_steps``; training just stops early). tests/test_golden.py reruns the same and compares step by step, so a
 change that silently alters training (initialisation, data order, schedule) fails there with both
@@ -21,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
+import os
 import re
 import sys
 import tempfile
@@ -36,6 +42,7 @@ from common.errors import PaperzooError
 from common.experiment import load_paper
 from common.paths import REPO_ROOT, discover_papers
 from common.reproduce import prepare_model
+from common.runs import BaseRun, RunRef, run_dir, save_final
 from common.tracking import git_info
 from common.train import train
 
@@ -62,23 +69,47 @@ class _LossRecorder:
                 raise _Enough
 
 
+@contextlib.contextmanager
+def _runs_folder(folder: Path):
+    """``common.paths.runs_dir()`` is ``folder`` inside the block."""
+    before = os.environ.get("PAPERZOO_RUNS")
+    os.environ["PAPERZOO_RUNS"] = str(folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PAPERZOO_RUNS"]
+        else:
+            os.environ["PAPERZOO_RUNS"] = before
+
+
 def curves(slug: str, steps: int | None = None, overrides: Sequence[str] = ()) -> dict[str, Curve]:
     """``{"<task>/<variant>/s<seed>": [(step, loss), ...]}`` of the smoke preset (+ ``overrides``), first ``steps``."""
     paper = load_paper(slug)
     cfg = load_config(paper.schema, paper.path / "configs", [f"scale={PRESET}", *overrides])
-    out: dict[str, Curve] = {}
+    runs, out = paper.plan(cfg), {}
+    bases = {run.init_from for run in runs if run.init_from is not None}
+    trained: dict[RunRef, BaseRun] = {}  # the runs of this plan that others start from, pinned
     with tempfile.TemporaryDirectory(prefix="paperzoo-golden-") as tmp:
-        for run in paper.plan(cfg):
-            for seed in cfg.seeds:
+        private = Path(tmp) / "runs"
+        for run in runs:
+            for seed in run.trained_seeds(cfg.seeds):
                 name = f"{run.task}/{run.variant}/s{seed}"
                 train_cfg = replace(run.train, log_every=1, device="cpu")
                 recorder = _LossRecorder(min(steps or train_cfg.max_steps, train_cfg.max_steps))
-                model, base = prepare_model(run, seed)  # as common.reproduce.run_one
+                with _runs_folder(private) if run.init_from in trained else contextlib.nullcontext():
+                    model, base = prepare_model(run, seed, trained.get(run.init_from))  # as common.reproduce
                 ckpt = Path(tmp) / name.replace("/", "-") / "last.pt"
                 with contextlib.suppress(_Enough):
+                    if train_cfg.max_steps == 0:  # an evaluation only: no curve
+                        raise _Enough
                     train(model, run.data, train_cfg, seed=seed, ckpt_path=ckpt, tracker=recorder,
                           progress=False, desc=name, base=base)  # fmt: skip
                 out[name] = recorder.curve
+                if (ref := RunRef(paper.slug, PRESET, run.task, run.variant, seed)) in bases:
+                    with _runs_folder(private):
+                        weights, _ = save_final(model, run_dir(ref), base)
+                    trained[ref] = BaseRun(ref, None, hashlib.sha256(weights.read_bytes()).hexdigest())
     return out
 
 

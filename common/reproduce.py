@@ -1,7 +1,8 @@
 """``python -m common.reproduce <paper> [key=value ...]``: train every run of a paper, log it, report.
 
-What ``nox -s reproduce-<paper>`` calls. For each (task, variant, seed) of the paper's plan: one
-MLflow run, one checkpoint folder ``runs/<paper>/<preset>/<task>-<variant>-s<seed>/``. With
+What ``nox -s reproduce-<paper>`` calls. For each (task, variant, seed) of the paper's plan (the seeds
+of ``Run.trained_seeds``): one MLflow run, one checkpoint folder
+``runs/<paper>/<preset>/<task>-<variant>-s<seed>/``. With
 ``resume=true`` finished runs are skipped and an interrupted one continues from its checkpoint in
 the same MLflow run. Before any training, ``common.experiment.validate`` checks the claims against
 the plan; ``only=[...]`` then keeps some runs, and no other run's data is built.
@@ -287,7 +288,7 @@ def reproduce(name: str, overrides: list[str]) -> int:
         )
     rank, _ = distributed_context()
     tracker = Tracker(paper.slug, tracking_uri()) if rank == 0 else None
-    jobs = [(run, seed) for run in runs for seed in cfg.seeds]
+    jobs = [(run, seed) for run in runs for seed in run.trained_seeds(cfg.seeds)]
     planned_refs = {RunRef(paper.slug, cfg.scale, run.task, run.variant, seed) for run, seed in jobs}
     for base in {run.init_from for run, _ in jobs if run.init_from is not None} - planned_refs:
         require_finished(base)  # common.runs: before any training

@@ -186,6 +186,19 @@ def test_a_run_must_come_after_the_run_of_the_plan_it_starts_from(template):
     validate(paper, cfg, [elsewhere, *runs])  # another paper's run: reproduce requires it finished instead
 
 
+def test_a_run_trains_its_own_seeds_and_its_base_must_train_the_seed_named(template):
+    paper, cfg, runs = template
+    mlp = replace(runs[0], seeds=(7,))
+    assert mlp.trained_seeds([0, 1]) == [7] and runs[0].trained_seeds([0, 1]) == [0, 1]
+    tuned = Run("rings", "tuned", mlp.build_model, mlp.data, mlp.train,
+                init_from=RunRef(paper.slug, cfg.scale, mlp.task, mlp.variant, 7))  # fmt: skip
+    validate(paper, cfg, [mlp, *runs[1:], tuned])  # every seed of 'tuned' starts from seed 7's base
+    one_line_error(
+        lambda: validate(paper, cfg, [mlp, *runs[1:], replace(tuned, init_from=replace(tuned.init_from, seed=0))]),
+        "run 'rings/tuned' starts from 'rings/mlp' seed 0, a seed that run does not train ([7])",
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("setting", "needles"),
     [

@@ -2,9 +2,8 @@
 
 Vaswani et al. 2017 (arXiv 1706.03762, Sec. 5.1) train on WMT 2014 with a shared source-target
 byte-pair-encoding vocabulary (Sennrich et al. 2016). At our scale we use Multi30k task 1
-(Elliott et al. 2016): 29,000 / 1,014 / 1,000 German-English image-caption pairs (train / val /
-test_2016_flickr), read from ``$PAPERZOO_DATA/multi30k/{train,val,test_2016_flickr}.{de,en}.gz``
-or, when those are missing and the machine is online, from the hub dataset ``bentrevett/multi30k``.
+(Elliott et al. 2016; ``common.data.multi30k``): 29,000 / 1,014 / 1,000 German-English image-caption
+pairs (train / val / test_2016_flickr).
 
 Vocabulary: one BPE model (``common.data.corpus.cached_bpe``, Metaspace pre-tokenisation, so
 decoding restores the spaces) trained on the German and English training sentences, special tokens
@@ -15,61 +14,25 @@ and padded on the right:
 
     src = x + [EOS]   (B, S)        tgt_in = [BOS] + y   (B, T)        tgt_out = y + [EOS]   (B, T)
 
-BLEU: ``sacrebleu.corpus_bleu`` on detokenised hypotheses against the raw references.
-
 Copy task (the Annotated Transformer's first sanity check): the target is the source, 10 symbols
 drawn from a vocabulary of 11 (3 of them specials: <pad>=0, <s>=1, </s>=2).
 """
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 
 from common.data.corpus import cached_bpe, offline
+from common.data.multi30k import load_multi30k
 from common.data.synthetic import generator
 from common.errors import PaperzooError
-from common.paths import cache_dir, data_dir
+from common.paths import cache_dir
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
-SPLIT_FILES = {"train": "train", "val": "val", "test": "test_2016_flickr"}
-HUB_SPLITS = {"train": "train", "val": "validation", "test": "test"}
-HUB_DATASET = "bentrevett/multi30k"
-
-
-# ---- Multi30k --------------------------------------------------------------------------------
-def _read_lines(path: Path) -> list[str]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [line.strip() for line in f]
-
-
-def load_multi30k(split: str, root: Path | None = None) -> list[tuple[str, str]]:
-    """(German, English) sentence pairs of ``split`` in {"train", "val", "test"}."""
-    if split not in SPLIT_FILES:
-        raise PaperzooError(f"unknown Multi30k split '{split}'; choose train, val or test")
-    root = root if root is not None else data_dir()
-    folder = (root if root else Path("$PAPERZOO_DATA")) / "multi30k"
-    de_path, en_path = (folder / f"{SPLIT_FILES[split]}.{lang}.gz" for lang in ("de", "en"))
-    if de_path.is_file() and en_path.is_file():
-        de, en = _read_lines(de_path), _read_lines(en_path)
-        if len(de) != len(en):
-            raise PaperzooError(f"{de_path} has {len(de)} lines but {en_path} has {len(en)}")
-        return list(zip(de, en))
-    missing = de_path if not de_path.is_file() else en_path
-    if offline():
-        raise PaperzooError(
-            f"Multi30k is not available offline: expected {missing}; "
-            "set PAPERZOO_DATA to the folder holding multi30k/"
-        )
-    import datasets
-
-    datasets.disable_progress_bars()
-    rows = datasets.load_dataset(HUB_DATASET, split=HUB_SPLITS[split])
-    return [(de.strip(), en.strip()) for de, en in zip(rows["de"], rows["en"])]
 
 
 # ---- joint BPE vocabulary ----------------------------------------------------------------------
@@ -93,13 +56,6 @@ def encode_pairs(tok, pairs: list[tuple[str, str]]) -> list[tuple[list[int], lis
 
 def detokenize(tok, ids: list[int]) -> str:
     return tok.decode(ids, skip_special_tokens=True)
-
-
-def bleu(hypotheses: list[str], references: list[str]) -> float:
-    """Corpus BLEU (sacrebleu, 13a tokenisation) of detokenised hypotheses against one reference each."""
-    import sacrebleu
-
-    return sacrebleu.corpus_bleu(hypotheses, [references]).score
 
 
 # ---- WMT 2014 (Table 2): online only, for a big GPU ------------------------------------------------

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from common.data.multi30k import bleu, load_multi30k
 from common.decoding import greedy
 from papers.transformer.data import (
     BOS_ID,
@@ -24,12 +25,10 @@ from papers.transformer.data import (
     COPY_VOCAB,
     EOS_ID,
     PAD_ID,
-    bleu,
     collate,
     copy_task_batch,
     encode_packed,
     encode_pairs,
-    load_multi30k,
     load_wmt14,
     multi30k_bpe,
     translation_batch,

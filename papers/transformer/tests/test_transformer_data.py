@@ -1,25 +1,23 @@
-"""Multi30k loading, joint BPE, batches, BLEU, the copy task; translation end to end on fixtures."""
+"""The joint BPE of Multi30k, batches, the copy task; translation end to end on fixtures."""
 
 import gzip
 
 import pytest
 import torch
 
+from common.data.multi30k import load_multi30k
 from common.errors import PaperzooError
-from common.paths import data_dir
 from papers.transformer.data import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
     PackedPairs,
-    bleu,
     collate,
     copy_task_batch,
     detokenize,
     encode_packed,
     encode_pairs,
     joint_bpe,
-    load_multi30k,
     load_wmt14,
     multi30k_bpe,
     translation_batch,
@@ -53,27 +51,6 @@ def test_reads_offline_files_and_builds_a_cached_joint_bpe(fixture_root, tmp_pat
     assert [detokenize(tok, x) for x, _ in ids] == DE  # one vocabulary for both languages
     cached = multi30k_bpe(vocab_size=120, root=tmp_path / "nowhere", cache=tmp_path / "cache")
     assert cached.encode(EN[0]).ids == tok.encode(EN[0]).ids
-
-
-@pytest.mark.skipif(
-    data_dir() is None or not (data_dir() / "multi30k" / "train.de.gz").is_file(),
-    reason="no offline Multi30k",
-)
-def test_reads_the_real_multi30k():
-    sizes = {split: len(load_multi30k(split)) for split in ("train", "val", "test")}
-    assert sizes == {"train": 29000, "val": 1014, "test": 1000}
-    de, en = load_multi30k("val")[0]
-    assert de and en and "\n" not in de
-
-
-def test_missing_files_offline_give_a_one_line_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("PAPERZOO_DATA", str(tmp_path))
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(PaperzooError) as err:
-        load_multi30k("train")
-    message = str(err.value)
-    assert "\n" not in message and "PAPERZOO_DATA" in message
-    assert str(tmp_path / "multi30k" / "train.de.gz") in message
 
 
 def test_collate_and_batches_are_deterministic():
@@ -137,11 +114,6 @@ def test_copy_task_batches():
     assert a["src"].shape == (8, 10) and a["src"].min() >= 3 and a["src"].max() <= 10
     assert torch.equal(a["tgt_in"][:, 1:], a["src"]) and (a["tgt_in"][:, 0] == BOS_ID).all()
     assert torch.equal(a["tgt_out"][:, :-1], a["src"]) and (a["tgt_out"][:, -1] == EOS_ID).all()
-
-
-def test_bleu():
-    assert bleu(EN, EN) == pytest.approx(100.0)
-    assert bleu(["a completely different sentence here ."] * 3, EN[:3]) < 5
 
 
 def test_translate_end_to_end(fixture_root, tmp_path):
