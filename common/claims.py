@@ -103,28 +103,36 @@ REDUCE = {"min": min, "max": max, "mean": statistics.fmean}
 
 
 def measured(
-    runs: dict[RunKey, Any], task: str, variant: str, metric: str, reduce: str, best: str | None = None
-) -> tuple[dict, list]:
+    runs: dict[RunKey, Any], task: str, variant: str, metric: str, reduce: str, best: str | None = None,
+    select_by: str | None = None,
+) -> tuple[dict, list]:  # fmt: skip
     """({seed: value}, run ids) of one (task, variant); a glob metric is reduced with ``reduce``. A variant
-    glob (an lr search: "gpt_lr*") takes, per seed, the ``best`` ("min" | "max") of the variants it matches,
-    and the run ids of those best runs."""
-    candidates: dict[str, list[tuple[float, str]]] = {}
+    glob (an lr search: "gpt_lr*") takes, per seed, the variant with the ``best`` ("min" | "max") value of
+    ``select_by`` (default: the metric itself; e.g. val/loss, so that a test metric never picks the run it
+    reports), and the run ids of those best runs."""
+    candidates: dict[str, list[tuple[float, float, str]]] = {}
     for (t, v, seed), run in sorted(runs.items(), key=lambda item: seed_order(item[0][2])):
         if t != task or not fnmatch.fnmatchcase(v, variant):
             continue
-        matches = [val for name, val in run.data.metrics.items() if fnmatch.fnmatchcase(name, metric)]
-        if matches:
-            candidates.setdefault(seed, []).append((REDUCE[reduce](matches), run.info.run_id))
+        values = [
+            [val for name, val in run.data.metrics.items() if fnmatch.fnmatchcase(name, pattern)]
+            for pattern in (select_by or metric, metric)
+        ]
+        if all(values):
+            key, value = (REDUCE[reduce](found) for found in values)
+            candidates.setdefault(seed, []).append((key, value, run.info.run_id))
     chosen = {seed: (min if best == "min" else max)(found) if best else found[0]
               for seed, found in candidates.items()}  # fmt: skip
-    return {seed: value for seed, (value, _) in chosen.items()}, [run_id for _, run_id in chosen.values()]
+    return {seed: value for seed, (_, value, _) in chosen.items()}, [
+        run_id for _, _, run_id in chosen.values()
+    ]
 
 
 def evaluate_claim(claim: Claim, runs: dict[RunKey, Any], preset: str) -> ClaimResult:
     m = claim.measure
-    values, ids = measured(runs, m.task, m.variant, m.metric, m.reduce, m.best)
+    values, ids = measured(runs, m.task, m.variant, m.metric, m.reduce, m.best, m.select_by)
     if m.relative_to:
-        base, base_ids = measured(runs, m.task, m.relative_to, m.metric, m.reduce, m.best)
+        base, base_ids = measured(runs, m.task, m.relative_to, m.metric, m.reduce, m.best, m.select_by)
         values = {seed: value - base[seed] for seed, value in values.items() if seed in base}
         ids += base_ids
     result = ClaimResult(claim, values, claim.criterion(preset), NOT_RUN, ids)

@@ -6,7 +6,9 @@
     configs/         base.yaml + smoke.yaml / cpu.yaml / gpu.yaml
     experiment.py    ``Config`` (a dataclass schema subclassing common.config.BaseConfig) and
                      ``plan(cfg) -> list[Run]``: every (task, variant) to train, with its model
-                     factory, task and TrainConfig (``PaperModule``)
+                     factory, task and TrainConfig (``PaperModule``); optionally ``figures(mlflow_client,
+                     runs, folder) -> [(title, file name)]``: the report's own figures beside the lab's, drawn
+                     into ``folder`` from the reproduction's runs ({(task, variant, seed): MLflow run})
 
 Each claim in ``paper.yaml``::
 
@@ -22,7 +24,9 @@ Each claim in ``paper.yaml``::
         reduce: min                       # min | max | mean (over the metrics the glob matches)
         relative_to: lti                  # optional: ours = value(variant) - value(relative_to)
         best: min                         # with a variant glob ("gpt_lr*", a learning-rate search): per seed,
-                                          # the min | max over the variants it matches (relative_to too)
+                                          # the min | max over the variants it matches (relative_to too) ...
+        select_by: val/loss               # ... of this metric (optional; default: metric), e.g. an lr chosen
+                                          # on validation while the claim reports a test metric
       criteria: {smoke: null, cpu: ">= 0.95", gpu: ">= 0.99"}   # on the mean over seeds
       setting: {paper: "L=4096, 16 tokens", cpu: "L=64, 4 tokens"}  # optional: where a preset is scaled down
       requires: other-claim-id            # optional: only meaningful if that claim is reproduced
@@ -194,6 +198,7 @@ class Measure:
     reduce: str = "mean"
     relative_to: str | None = None  # ours = value(variant) - value(relative_to), seed by seed
     best: str | None = None  # "min" | "max": a variant glob's best variant per seed (e.g. over an lr search)
+    select_by: str | None = None  # the metric that ``best`` ranks the variants by (default: ``metric``)
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -257,9 +262,11 @@ def parse_claims(raw: Any, file: str) -> list[Claim]:
         measure = Measure(**_fields(Measure, fields_["measure"], f"{where}, measure"))
         _choice(measure.reduce, REDUCERS, where, "measure.reduce")
         globbed = any(set("*?[") & set(v) for v in measure.variants)
-        if globbed or measure.best is not None:
+        if globbed or measure.best is not None or measure.select_by is not None:
             if not globbed:
-                raise PaperzooError(f"{where}: measure.best needs a variant glob, e.g. 'gpt_lr*'")
+                raise PaperzooError(
+                    f"{where}: measure.best and measure.select_by need a variant glob, e.g. 'gpt_lr*'"
+                )
             _choice(measure.best, ("min", "max"), where, "measure.best (the variant glob's best)")
         _choice(fields_.get("format", "float"), FORMATS, where, "format")
         criteria = fields_.get("criteria") or {}

@@ -6,7 +6,8 @@ tagged with one ``reproduction`` id): by default the latest COMPLETE one at the 
 seeds, judged by the claim's criterion at that preset. Never a typed number. Where paper.yaml gives a
 claim's ``setting``, the claims table says how the preset is scaled down from the paper (``paper → ours``).
 
-Outputs in ``reports/<paper>/``: ``README.md``, ``figures/*.png`` (``common.report_figures``),
+Outputs in ``reports/<paper>/``: ``README.md``, ``figures/*.png`` (``common.report_figures``, and a
+paper's own: ``figures`` in its experiment.py),
 ``results.json`` (verdicts and numbers, machine-readable; the index ``reports/README.md`` is built
 from these) and a local, self-contained ``report.html`` (figures embedded; not committed). A report
 is never replaced, unless ``--force`` is given, by one of a lower preset (smoke < cpu < gpu) or by
@@ -21,6 +22,7 @@ import argparse
 import base64
 import datetime as dt
 import html
+import importlib
 import json
 import re
 import sys
@@ -246,6 +248,19 @@ class Report:
         }  # fmt: skip
 
 
+def own_figures(slug: str, mlflow_client, runs: dict[RunKey, Any], folder: Path) -> list[str]:
+    """The markdown lines of the paper's own figures (``figures`` in its experiment.py, if any); one that fails
+    (e.g. an artifact missing from the store) is a one-line warning, and the rest of the report is written."""
+    draw = getattr(importlib.import_module(f"papers.{slug}.experiment"), "figures", None)
+    if draw is None:
+        return []
+    try:
+        return [f"![{title}](figures/{name})" for title, name in draw(mlflow_client, runs, folder)]
+    except Exception as err:  # a figure is not worth losing the report for
+        print(f"warning: {slug}: its own figures were not drawn: {str(err).splitlines()[0]}", file=sys.stderr)
+        return []
+
+
 def write_report(report: Report, mlflow_client) -> None:
     """README.md, figures/, results.json and the local report.html of ``report``."""
     meta, rep, out = read_meta(report.slug), report.reproduction, report.out
@@ -300,6 +315,7 @@ def write_report(report: Report, mlflow_client) -> None:
             name = f"claim_{r.claim.id}.png"
             claim_figure(r, runs, figures / name)
             lines.append(f"![{r.claim.id}](figures/{name})")
+    lines += own_figures(report.slug, mlflow_client, runs, figures)
     lines += ["", "## All final metrics", "", *_results_table(runs), "## Runs", "", *_run_metadata(runs), ""]
     markdown = "\n".join(lines)
     (out / "README.md").write_text(markdown)

@@ -79,9 +79,31 @@ def test_an_lr_search_is_judged_on_each_sides_best_run_seed_by_seed():
     assert claim.measures("lm", "gpt_lr3") and not claim.measures("lm", "mamba_lr3")
 
 
+def test_an_lr_chosen_on_validation_reports_the_chosen_runs_test_metric():
+    """select_by: val/loss picks each seed's lr; the claim reports that run's test/bleu, not the best BLEU."""
+    from types import SimpleNamespace
+
+    from common.claims import evaluate
+    from common.experiment import parse_claims
+
+    (claim,) = parse_claims([
+        {"id": "lora-vs-ft", "statement": "s", "criteria": {"cpu": ">= -2"},
+         "measure": {"task": "de_en", "variant": "lora*", "relative_to": "ft*", "metric": "test/bleu",
+                     "best": "min", "select_by": "val/loss"}},
+    ], "paper.yaml")  # fmt: skip
+    metrics = {"lora_a": (3.0, 10.0), "lora_b": (3.2, 12.0), "ft_a": (2.9, 11.0), "ft_b": (2.8, 9.0)}
+    runs = {("de_en", v, "0"): SimpleNamespace(data=SimpleNamespace(metrics={"val/loss": loss, "test/bleu": bleu}),
+                                               info=SimpleNamespace(run_id=v))
+            for v, (loss, bleu) in metrics.items()}  # fmt: skip
+    (result,) = evaluate([claim], runs, "cpu")
+    assert result.per_seed == pytest.approx({"0": 10.0 - 9.0})  # lora_a and ft_b: the lowest val/loss of each
+    assert sorted(result.run_ids) == ["ft_b", "lora_a"]
+
+
 @pytest.mark.parametrize("measure, error", [
     ({"variant": "rwkv_lr*"}, "bad measure.best"),
-    ({"variant": "rwkv", "best": "min"}, "needs a variant glob"),
+    ({"variant": "rwkv", "best": "min"}, "need a variant glob"),
+    ({"variant": "rwkv", "select_by": "val/loss"}, "need a variant glob"),
 ])  # fmt: skip
 def test_a_variant_glob_needs_best_and_best_needs_a_glob(measure, error):
     from common.errors import PaperzooError

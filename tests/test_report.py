@@ -220,6 +220,28 @@ def test_the_claims_table_says_where_a_preset_is_scaled_down_from_the_paper(stor
     assert "setting" not in plain_readme  # no column when no claim states a setting
 
 
+def test_a_paper_draws_figures_of_its_own_from_the_runs(store, tmp_path, monkeypatch, capsys):
+    from papers._template import experiment as template
+
+    def figures(mlflow_client, runs, folder):
+        (folder / "accuracy.png").write_bytes(b"png")
+        return [(f"{len(runs)} runs, {sorted({v for _, v, _ in runs})}", "accuracy.png")]
+
+    monkeypatch.setattr(template, "figures", figures, raising=False)
+    build_report("_template", uri=store, out_root=tmp_path)  # "full": 6 runs
+    readme = (tmp_path / "_template" / "README.md").read_text()
+    assert "![6 runs, ['linear', 'mlp']](figures/accuracy.png)" in readme
+    assert (tmp_path / "_template" / "figures" / "accuracy.png").read_bytes() == b"png"
+
+    def broken(mlflow_client, runs, folder):
+        raise OSError("no artifact model/model.safetensors\nsecond line")
+
+    monkeypatch.setattr(template, "figures", broken)
+    build_report("_template", uri=store, out_root=tmp_path / "broken", force=True)
+    assert "warning: _template: its own figures were not drawn: no artifact" in capsys.readouterr().err
+    assert "## Figures" in (tmp_path / "broken" / "_template" / "README.md").read_text()
+
+
 def test_arxiv_links_take_one_id_or_several():
     from common.report import arxiv_links
 

@@ -60,7 +60,7 @@ from common.runs import RunRef
 from .baselines import bitfit, ft_top, full_ft, inject_adapters
 from .data import CaptionsTask, PretrainTask, TranslationTask
 from .lora import gpt_targets, inject
-from .measure import SubspaceTask, Target
+from .measure import SubspaceTask, Target, lora_variant, subspace_figures
 
 PRETRAIN_CORPORA = ("tinyshakespeare", "cpython-stdlib")
 METHODS = ("base", "full_ft", "ft_top2", "bitfit", "houlsby", "lora", "ranks", "q_only")
@@ -91,7 +91,7 @@ class LearningRates:
 
 @dataclass
 class LRSearch:
-    """More lrs for FT and LoRA (fair baselines: the claims take each one's best per seed)."""
+    """More lrs for FT and LoRA (fair baselines: the claims take, per seed, each one's lr with the best val loss)."""
 
     full_ft: list[float] = field(default_factory=lambda: [3e-4])
     lora: list[float] = field(default_factory=lambda: [1e-3])
@@ -154,18 +154,16 @@ def adapt_after_loading(model: nn.Module, adapt: Callable[[nn.Module], object]) 
     return model
 
 
-def lora_method(
-    matrices: tuple[str, ...], r: int, c: TargetConfig, variant: str
-) -> Callable[[nn.Module], None]:
-    """LoRA on ``matrices`` of every block at rank r. A is drawn from a stream of its own per (run seed, variant):
-    runs of one seed at different ranks must not start from overlapping A's, or Sec. 7.2's φ would see the init."""
+def lora_method(matrices: tuple[str, ...], r: int, c: TargetConfig) -> Callable[[nn.Module], None]:
+    """LoRA on ``matrices`` of every block at rank r. A is drawn from a stream of its own per (run seed, matrices,
+    r): runs of one seed at different ranks must not start from overlapping A's, or Sec. 7.2's φ would see the
+    init; the runs of an lr search share their A, so that they differ in the lr alone."""
 
     def adapt(model: nn.Module) -> None:
         salt = int(torch.randint(0, 2**62, ()))  # from the run's seed: common.reproduce seeds before building
+        stream = f"{salt}/{','.join(matrices)}/r{r}"
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(
-                int(hashlib.blake2b(f"{salt}/{variant}".encode(), digest_size=7).hexdigest(), 16)
-            )
+            torch.manual_seed(int(hashlib.blake2b(stream.encode(), digest_size=7).hexdigest(), 16))
             inject(model, gpt_targets(*matrices), r, c.alpha, c.lora_dropout)
 
     return adapt
@@ -192,23 +190,18 @@ def target_variants(c: TargetConfig) -> dict[str, tuple[Callable | None, float, 
             for i, lr in enumerate([c.lr.lora, *c.lr_search.lora]):
                 name = "lora" if i == 0 else f"lora_lr{lr:g}"
                 out[name] = (
-                    lora_method(("q", "v"), c.rank, c, name),
+                    lora_method(("q", "v"), c.rank, c),
                     lr,
                     {**lora_params, "r": c.rank, "matrices": "q,v"},
                 )
         elif method == "ranks":
             for r in c.ranks:
-                out[f"rank_r{r}"] = (lora_method(("q", "v"), r, c, f"rank_r{r}"), c.lr.lora,
+                out[f"rank_r{r}"] = (lora_method(("q", "v"), r, c), c.lr.lora,
                                      {**lora_params, "r": r, "matrices": "q,v"})  # fmt: skip
         elif method == "q_only":
-            out["q_only"] = (lora_method(("q",), 2 * c.rank, c, "q_only"), c.lr.lora,
+            out["q_only"] = (lora_method(("q",), 2 * c.rank, c), c.lr.lora,
                              {**lora_params, "r": 2 * c.rank, "matrices": "q"})  # fmt: skip
     return out
-
-
-def lora_variant(c: TargetConfig, r: int) -> str:
-    """The run that holds LoRA on W_q, W_v at rank r: the headline at ``rank``, else the rank sweep's."""
-    return "lora" if r == c.rank else f"rank_r{r}"
 
 
 # ---- the plan ----------------------------------------------------------------------------------------------
@@ -233,6 +226,12 @@ def check(cfg: Config) -> None:
                             f"(pretrain.block_size {pre.block_size})")  # fmt: skip
         if c.bottleneck < 1 or min([*c.lr.values(), *c.lr_search.full_ft, *c.lr_search.lora]) <= 0:
             problems.append(f"{section}: bottleneck must be >= 1 and every lr > 0")
+        for method in ("full_ft", "lora"):
+            searched = [c.lr[method], *c.lr_search[method]]
+            if len(set(searched)) < len(searched):
+                problems.append(
+                    f"{section}: {method}'s lrs {searched} repeat one (lr.{method} and lr_search.{method})"
+                )
     cap = cfg.captions
     planned = [cap.rank] * ("lora" in cap.variants) + list(cap.ranks) * ("ranks" in cap.variants)
     sub = list(cap.subspace)
@@ -279,16 +278,22 @@ def plan(cfg: Config) -> list[Run]:
 
 def subspace_run(cfg: Config, captions: LazyTask, build_gpt: Callable[[], CausalLM]) -> Run:
     """Sec. 7.2: a 0-step run from the captions LoRA run at the larger rank of ``captions.subspace`` whose
-    evaluation loads the run at the smaller rank (both of the first seed: ``init_from`` names one run)."""
+    evaluation loads the run at the smaller rank; once, at the first seed (``init_from`` names one run)."""
     c = cfg.captions
     small, large = c.subspace
     refs = {
-        r: RunRef("lora", cfg.scale, "captions", lora_variant(c, r), cfg.seeds[0]) for r in (small, large)
+        r: RunRef("lora", cfg.scale, "captions", lora_variant(c.rank, r), cfg.seeds[0])
+        for r in (small, large)
     }
 
     def build(r: int) -> CausalLM:
-        return adapt_after_loading(build_gpt(), lora_method(("q", "v"), r, c, lora_variant(c, r)))
+        return adapt_after_loading(build_gpt(), lora_method(("q", "v"), r, c))
 
     return Run("subspace", f"r{small}_vs_r{large}", lambda: build(large),
                SubspaceTask(captions, refs[small], lambda: build(small)), replace(train_config(c.train), max_steps=0),
-               {"small": small, "large": large}, section="captions", init_from=refs[large])  # fmt: skip
+               {"small": small, "large": large}, section="captions", init_from=refs[large], seeds=(cfg.seeds[0],))  # fmt: skip
+
+
+def figures(mlflow_client, runs: dict, folder) -> list[tuple[str, str]]:
+    """The report's figures beside the lab's (common.report): Fig. 3's subspace similarity as heat maps."""
+    return subspace_figures(mlflow_client, runs, folder)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import copy
 import statistics
+import tempfile
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -160,26 +162,97 @@ def slice_As(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def mean_phi(A_small: dict[str, torch.Tensor], A_large: dict[str, torch.Tensor]) -> torch.Tensor:
+    """φ(A_small[n], A_large[n], i, j) averaged over the adapted matrices n: a (k_small, k_large) grid."""
+    return torch.stack([subspace_similarity(A_small[n], A_large[n]) for n in A_small]).mean(0)
+
+
 def phi_metrics(small: nn.Module, large: nn.Module, seed: int = 0) -> dict[str, float]:
     """φ(A_small, A_large, i, j) averaged over every adapted matrix (``subspace/phi_<i>_<j>``: the diagonal i = j and
     the first row i = 1 at j = 1, 2, 4, ...), per matrix kind at (1, 1) (``subspace/phi_q_1_1``), and the same
     (1, 1) for Gaussian matrices of the same shapes (``subspace/random_phi_1_1``: the paper's reference)."""
     A_small, A_large = slice_As(small), slice_As(large)
-    grids = {name: subspace_similarity(A_small[name], A_large[name]) for name in A_small}
-    mean = torch.stack(list(grids.values())).mean(0)
+    mean = mean_phi(A_small, A_large)
     metrics = {f"subspace/phi_{i}_{i}": mean[i - 1, i - 1].item() for i in range(1, min(mean.shape) + 1)}
     metrics |= {
         f"subspace/phi_1_{j}": mean[0, j - 1].item() for j in (2**k for k in range(8)) if j <= mean.shape[1]
     }
-    for kind in sorted({name.rsplit(".", 1)[1] for name in grids}):
-        kind_grids = [g for name, g in grids.items() if name.endswith(f".{kind}")]
-        metrics[f"subspace/phi_{kind}_1_1"] = statistics.fmean(g[0, 0].item() for g in kind_grids)
+    for kind in sorted({name.rsplit(".", 1)[1] for name in A_small}):
+        names = [name for name in A_small if name.endswith(f".{kind}")]
+        metrics[f"subspace/phi_{kind}_1_1"] = mean_phi(
+            *({n: A[n] for n in names} for A in (A_small, A_large))
+        )[0, 0].item()
     g = torch.Generator().manual_seed(seed)
     metrics["subspace/random_phi_1_1"] = statistics.fmean(
         subspace_similarity(torch.randn(A_small[n].shape, generator=g), torch.randn(A_large[n].shape, generator=g))[0, 0].item()
-        for n in grids
+        for n in A_small
     )  # fmt: skip
     return metrics
+
+
+def saved_As(weights: dict[str, torch.Tensor], r: int) -> dict[str, torch.Tensor]:
+    """The A of every adapted matrix in a LoRA run's saved tensors (``<layer>.lora_A``, (m r, d_in) for m
+    enabled slices): '<layer>.<slice number>' -> (r, d_in)."""
+    return {f"{key.removesuffix('.lora_A')}.{j}": A
+            for key, stacked in weights.items() if key.endswith(".lora_A")
+            for j, A in enumerate(stacked.view(-1, r, stacked.shape[-1]))}  # fmt: skip
+
+
+def final_weights(mlflow_client, run) -> dict[str, torch.Tensor]:
+    """The tensors a finished run saved (its MLflow artifact ``model/model.safetensors``)."""
+    from mlflow.artifacts import download_artifacts
+    from safetensors.torch import load_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_file(download_artifacts(run_id=run.info.run_id, artifact_path="model/model.safetensors",
+                                            dst_path=tmp, tracking_uri=mlflow_client.tracking_uri))  # fmt: skip
+
+
+def lora_variant(rank: int, r: int) -> str:
+    """The captions run that holds LoRA on W_q, W_v at rank r: the headline (``lora``) at its ``rank``, else the
+    rank sweep's ``rank_r<r>``."""
+    return "lora" if r == rank else f"rank_r{r}"
+
+
+def subspace_figures(mlflow_client, runs: dict, folder: Path) -> list[tuple[str, str]]:
+    """Fig. 3 as heat maps, one per subspace run: φ(A_{r=a}, A_{r=b}, i, j) at every i <= a, j <= b, averaged
+    over the adapted matrices, from the final weights of the two captions runs it compared (``lora_variant`` of
+    its params ``run.small``, ``run.large`` and ``captions.rank``, at its seed). Returns (title, file name) pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    for (task, variant, seed), run in sorted(runs.items()):
+        if task != "subspace":
+            continue
+        params = run.data.params
+        small, large = (int(params[f"run.{k}"]) for k in ("small", "large"))
+        sources = [
+            runs.get(("captions", lora_variant(int(params["captions.rank"]), r), seed))
+            for r in (small, large)
+        ]
+        if None in sources:
+            continue
+        grid = mean_phi(
+            *(saved_As(final_weights(mlflow_client, src), r) for src, r in zip(sources, (small, large)))
+        )
+        fig, ax = plt.subplots(figsize=(7, 2.6))
+        rows, cols = grid.shape  # at most r, or d_in where r > d_in (a rank-r A has only d_in directions)
+        image = ax.imshow(grid.numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto", interpolation="nearest",
+                          extent=(0.5, cols + 0.5, rows + 0.5, 0.5))  # fmt: skip
+        fig.colorbar(image, ax=ax, label="φ")
+        ax.set_xlabel(f"j (directions of A, r = {large})")
+        ax.set_ylabel(f"i (r = {small})")
+        title = f"φ(A_r={small}, A_r={large}, i, j), mean over the adapted W_q, W_v; seed {seed}"
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        name = f"subspace_{variant}_s{seed}.png"
+        fig.savefig(folder / name, dpi=110)
+        plt.close(fig)
+        drawn.append((title, name))
+    return drawn
 
 
 class Target:

@@ -19,8 +19,8 @@ from common.testing import assert_one_line_error, run_cli, smoke_reproduction
 from common.tracking import client
 from papers.lora.data import pair_batch
 from papers.lora.experiment import target_variants
-from papers.lora.lora import gpt_targets, inject, lora_modules, n_trainable
-from papers.lora.measure import subspace_similarity, training_memory
+from papers.lora.lora import gpt_targets, inject, lora_modules, lora_state_dict, n_trainable
+from papers.lora.measure import mean_phi, saved_As, slice_As, subspace_similarity, training_memory
 
 TARGETS = ("captions", "de_en")
 
@@ -44,7 +44,9 @@ def final_files(run, folder) -> tuple[dict, dict]:
 
 @pytest.mark.slow
 def test_smoke_reproduction_adapts_the_pretraining_run_and_measures_every_claim(lab):
-    _, metrics = smoke_reproduction(lab, "lora")
+    readme, metrics = smoke_reproduction(lab, "lora")
+    heat_map = "subspace_r8_vs_r64_s0.png"  # Fig. 3 from the two runs' saved A's
+    assert f"(figures/{heat_map})" in readme and (lab / "reports" / "lora" / "figures" / heat_map).is_file()
     runs = mlflow_runs()
     assert sum(task == "pretrain" for task, _ in runs) == 1  # pretrained once, then only adapted
     pretrain = runs[("pretrain", "gpt")]
@@ -199,6 +201,21 @@ def test_greedy_decoding_with_the_kv_cache_equals_the_argmax_of_full_forwards():
                 break
             seq.append(nxt)
         assert hyp == seq[len(prompt) + 1 :]
+
+
+def test_the_As_a_run_saved_are_the_As_of_its_model():
+    """The report's heat map reads the A's from a run's saved tensors; the subspace run from its models."""
+    small, large = (
+        build_gpt(GPTConfig(vocab_size=64, block_size=16, n_layers=2, n_heads=2, d_model=16)) for _ in "ab"
+    )
+    inject(small, gpt_targets("q", "v"), 2, 8)
+    inject(large, gpt_targets("q", "v"), 4, 8)
+    saved = [saved_As(lora_state_dict(m), r) for m, r in ((small, 2), (large, 4))]
+    live = [slice_As(m) for m in (small, large)]
+    assert [len(s) for s in saved] == [4, 4]  # 2 layers x (W_q, W_v)
+    for s, m in zip(saved, live):
+        assert all(torch.equal(a, b) for a, b in zip((s[k] for k in sorted(s)), (m[k] for k in sorted(m))))
+    assert torch.equal(mean_phi(*saved), mean_phi(*live)) and mean_phi(*saved).shape == (2, 4)
 
 
 def test_subspace_similarity_is_eq_4():
