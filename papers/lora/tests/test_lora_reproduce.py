@@ -134,7 +134,7 @@ def test_each_method_is_applied_after_the_base_weights_load_and_starts_at_the_ba
     d, layers, total = cfg.pretrain.model.d_model, cfg.pretrain.model.n_layers, base.num_params()
     assert counts["base"] == counts["full_ft"] == total
     assert counts["lora"] == layers * 2 * 4 * (d + d) == counts["q_only"]  # equal budget: W_q at r = 8
-    assert counts["rank_r1"] == layers * 2 * 1 * (d + d)
+    assert counts["rank_r8"] == layers * 2 * 8 * (d + d)
     assert counts["bitfit"] == sum(p.numel() for n, p in base.named_parameters() if n.endswith("bias"))
 
 
