@@ -70,6 +70,25 @@ def test_shifted_curriculum_stage_places_sequences_within_the_training_length():
     assert torch.equal(task.batch("train", 0, 16, 0)["start"], short["start"])  # deterministic
 
 
+def test_induction_evaluation_tests_at_least_min_test_size_sequences_at_long_lengths():
+    class Counting(torch.nn.Module):  # predicts token 0 and counts the sequences it is shown at each length
+        def __init__(self):
+            super().__init__()
+            self.seen = {}
+
+        def logits(self, idx, start=0):
+            self.seen[idx.shape[1]] = self.seen.get(idx.shape[1], 0) + idx.shape[0]
+            return torch.zeros(*idx.shape, 16)
+
+    task = InductionHeads(
+        train_len=32, test_lengths=(32, 1024), test_size=256, max_eval_tokens=2048, min_test_size=8
+    )
+    model = Counting()
+    task.evaluate(model, "cpu")
+    assert model.seen == {32: 128, 1024: 8}  # 2 slices of 2048 tokens at 32; 8 slices of 1 sequence at 1024
+    assert task.test_size_at(1024) == 8 and InductionHeads(max_eval_tokens=2048).test_size_at(1024) == 16
+
+
 def test_char_tokenizer_round_trip():
     tok = CharTokenizer.fit("hello world")
     assert tok.vocab_size == 8 and tok.decode(tok.encode("world hello")) == "world hello"

@@ -60,6 +60,7 @@ class InductionHeadsConfig:
     mha_abs_stages: list[CurriculumStage] = field(default_factory=list)
     test_size: int = 256
     max_eval_tokens: int = 2**17  # per evaluation forward pass
+    min_test_size: int = 16  # sequences tested at least at every length, however long (more slices)
     variants: list[str] = field(default_factory=lambda: ["mamba", "mha_abs"])
     # the models of the variants of the same names (vocab_size: the task's vocab)
     mamba: MambaLMConfig = field(default_factory=lambda: MambaLMConfig(MISSING, d_model=64, n_layers=2))
@@ -121,7 +122,13 @@ def induction_heads_runs(c: InductionHeadsConfig) -> list[Run]:
             train = replace(train, max_steps=sum(s.steps for s in stages))
             stages = [replace(s, steps=s.steps * train.grad_accum) for s in stages]
         task = InductionHeads(
-            c.train_len, c.vocab, tuple(lengths), c.test_size, c.max_eval_tokens, stages=tuple(stages)
+            c.train_len,
+            c.vocab,
+            tuple(lengths),
+            c.test_size,
+            c.max_eval_tokens,
+            stages=tuple(stages),
+            min_test_size=c.min_test_size,
         )
         arch = {"mamba": "mamba", "mha_abs": "mha"}[name]
 
@@ -152,6 +159,10 @@ def plan(cfg: Config) -> list[Run]:
             raise PaperzooError(
                 f"unknown {section}.variants {sorted(unknown)}; choose from {', '.join(allowed)}"
             )
+    if cfg.induction_heads.min_test_size < 1:
+        raise PaperzooError(
+            f"induction_heads.min_test_size is {cfg.induction_heads.min_test_size}; needs >= 1"
+        )
     for variant in ("mamba", "mha_abs"):
         for i, stage in enumerate(cfg.induction_heads[f"{variant}_stages"]):
             if stage.length < 3 or stage.steps < 1 or stage.batch_size < 0 or not 0 < stage.first <= 1:
