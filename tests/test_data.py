@@ -11,7 +11,14 @@ from common.data.corpus import (
     load_text,
     train_bpe,
 )
-from common.data.synthetic import IGNORE_INDEX, CurriculumStage, InductionHeads, generator, induction_heads
+from common.data.synthetic import (
+    IGNORE_INDEX,
+    CurriculumStage,
+    InductionHeads,
+    eval_sequences,
+    generator,
+    induction_heads,
+)
 from common.errors import PaperzooError
 from common.paths import data_dir
 
@@ -86,7 +93,7 @@ def test_induction_evaluation_tests_at_least_min_test_size_sequences_at_long_len
     model = Counting()
     task.evaluate(model, "cpu")
     assert model.seen == {32: 128, 1024: 8}  # 2 slices of 2048 tokens at 32; 8 slices of 1 sequence at 1024
-    assert task.test_size_at(1024) == 8 and InductionHeads(max_eval_tokens=2048).test_size_at(1024) == 16
+    assert eval_sequences(1024, 256, 2048, floor=8) == 8 and eval_sequences(1024, 256, 2048) == 16
 
 
 def test_char_tokenizer_round_trip():

@@ -85,6 +85,13 @@ def _accuracy(model, idx: torch.Tensor, targets: torch.Tensor, device, max_token
     return int((pred == targets)[mask].sum()), int(mask.sum())
 
 
+def eval_sequences(length: int, test_size: int, max_eval_tokens: int, floor: int = 16) -> int:
+    """Sequences tested at ``length``: ``test_size``, cut to 2 slices of ``max_eval_tokens`` at long lengths
+    but never below ``floor`` (then more slices). Each sequence is one Bernoulli trial: n correct of n bounds
+    the accuracy below by the Wilson 95% interval, 80.6% for n = 16, 94.3% for n = 64."""
+    return max(floor, min(test_size, 2 * max_eval_tokens // length))
+
+
 @torch.no_grad()
 def _predictions(model, idx: torch.Tensor, device, max_tokens: int, last_only: bool = False) -> torch.Tensor:
     """(B, L) argmax predictions on the CPU ((B, 1): the last position only), in slices of at most
@@ -180,16 +187,10 @@ class InductionHeads:
             batch["start"] = torch.randint(0, last_start + 1, (n,), generator=g)  # (B,)
         return batch
 
-    def test_size_at(self, length: int) -> int:
-        """Sequences tested at ``length``: ``test_size``, cut to 2 slices of ``max_eval_tokens`` at long lengths
-        but never below ``min_test_size`` (then more slices). Each sequence is one Bernoulli trial: n correct
-        of n bounds the accuracy below by the Wilson 95% interval, 80.6% for n = 16, 94.3% for n = 64."""
-        return max(self.min_test_size, min(self.test_size, 2 * self.max_eval_tokens // length))
-
     def evaluate(self, model, device) -> dict[str, float]:
         metrics = {}
         for length in sorted({*self.test_lengths, self.train_len}):
-            n = self.test_size_at(length)
+            n = eval_sequences(length, self.test_size, self.max_eval_tokens, self.min_test_size)
             idx, targets = induction_heads(generator(self.eval_seed, "test", length), n, length, self.vocab)
             correct, total = _accuracy(model, idx, targets, device, self.max_eval_tokens)
             metrics[f"acc/L{length}"] = correct / total
@@ -359,8 +360,7 @@ class StateTracking:
     def evaluate(self, model, device) -> dict[str, float]:
         metrics = {}
         for length in sorted({*self.test_lengths, self.length}):
-            # at most 2 slices per length
-            n = max(16, min(self.test_size, 2 * self.max_eval_tokens // length))
+            n = eval_sequences(length, self.test_size, self.max_eval_tokens)
             g = generator(self.eval_seed, "test", length)
             idx, targets = group_word_problem(g, n, length, self.table)
             right = _predictions(model, idx, device, self.max_eval_tokens) == targets  # (n, L)
