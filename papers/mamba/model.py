@@ -11,7 +11,8 @@ A_log), Δ log-uniform in [dt_min, dt_max] through the inverse softplus into the
 
 Variants of Table 1 (selective copying):
     selective=False  an LTI, S4D-style SSM: Δ (a per-channel bias through softplus), B, C (E*D, N) are
-                     learned parameters that do not depend on the input; B = 1, C ~ N(0, 1) at init (S4D)
+                     learned parameters that do not depend on the input; B = 1, C ~ N(0, 1) at init (S4D);
+                     ``forward`` runs it in convolution mode (Eq. 3a, 3b), ``prefill`` and ``step`` as a scan
     gated=False      "no gate": no z branch, y goes straight to out_proj
 
 Recurrent form (``step``): a state of (conv window (B, E*D, d_conv - 1), SSM state h (B, E*D, N)), updated in
@@ -38,7 +39,7 @@ from torch import nn
 from common.models.lm import CausalLM
 from common.models.zoo import register
 
-from .ops import selective_scan
+from .ops import selective_scan, ssm_convolution
 
 
 def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
@@ -117,7 +118,10 @@ class MambaMixer(nn.Module):
         delta, B, C, delta_bias = self._ssm_params(x)
         A = -torch.exp(_fp32_or_more(self.A_log))  # (E*D, N)
         D, delta_bias = _fp32_or_more(self.D), _fp32_or_more(delta_bias)
-        y = selective_scan(x, delta, A, B, C, D, z, delta_bias, delta_softplus=True)  # (B, E*D, L)
+        if self.selective:
+            y = selective_scan(x, delta, A, B, C, D, z, delta_bias, delta_softplus=True)  # (B, E*D, L)
+        else:  # Δ, B, C fixed: the convolution mode (Eq. 3a, 3b)
+            y = ssm_convolution(x, F.softplus(delta_bias), A, B, C, D, z)  # (B, E*D, L)
         return self.out_proj(y.transpose(1, 2))  # (B, L, D)
 
     def prefill(self, x: torch.Tensor, state):  # x (B, L, D) after ``state`` -> (B, L, D), state after x

@@ -20,10 +20,18 @@ Signature, shapes and semantics follow mamba_ssm's ``selective_scan_ref`` (real-
 
 Math is done in fp32, or in fp64 for fp64 inputs (so that tests can compare to ~1e-10).
 
+A time-invariant SSM (Δ, B, C fixed, as in S4) is also a convolution (Eq. 3a, 3b), with B̄ ≈ Δ B as above:
+
+    K̄[d, k] = sum_n C[d, n] exp(k Δ[d] A[d, n]) Δ[d] B[d, n]   (k = 0 .. L-1)      (Eq. 3a)
+    y[b, d, t] = sum_{k <= t} K̄[d, k] u[b, d, t - k]                              (Eq. 3b)
+
 ``selective_scan_ref`` is the readable loop, one time step at a time. ``selective_scan`` is the fast path:
 mamba_ssm's fused kernel (the hardware-aware scan of Sec. 3.3.2) when it is installed and the inputs live on a
 GPU, otherwise ``ChunkedSelectiveScan``, a two-level chunked scan in plain PyTorch with a hand-written backward:
 O(L) work in O(sqrt L) sequential steps, an order of magnitude faster than the reference on CPU (bench.py).
+``ssm_convolution`` is the fast path of the time-invariant case (Δ constant in time, B and C (d, n)): the
+kernel of Eq. 3a, then the causal convolution of Eq. 3b by FFT, with no sequential step at all; autograd
+gives its gradients. It equals ``selective_scan_ref`` with Δ expanded to (batch, d, L) (the tests).
 """
 
 from __future__ import annotations
@@ -195,3 +203,26 @@ def selective_scan(
     y = y.transpose(0, 1).reshape(K * T, batch, d)[:length].permute(1, 2, 0).contiguous()  # (batch, d, L)
     out = _skip_and_gate(y, u, D, z).to(dtype_in)
     return (out, last_state.transpose(1, 2)) if return_last_state else out
+
+
+# ---- convolution mode of a time-invariant SSM (Eq. 3a, 3b) ---------------------------------------------
+def ssm_kernel(delta, A, B, C, length: int) -> torch.Tensor:
+    """K̄ = (C B̄, C Ā B̄, ..., C Ā^(L-1) B̄) of every channel (Eq. 3a): (d, L), for delta (d,), A, B, C (d, n)."""
+    k = torch.arange(length, dtype=A.dtype, device=A.device)  # (L,)
+    A_bar_pow = torch.exp((delta[:, None] * A)[..., None] * k)  # (d, n, L)   Ā^k = exp(k Δ A), Eq. 4
+    return torch.einsum("dn,dnl->dl", C * delta[:, None] * B, A_bar_pow)  # (d, L)   C Ā^k B̄, B̄ ≈ Δ B
+
+
+def ssm_convolution(u, delta, A, B, C, D=None, z=None):
+    """A time-invariant SSM as one causal convolution y = u * K̄ (Eq. 3b), by FFT: O(L log L), no time loop.
+
+    u, z: (batch, d, L)   delta: (d,) the step Δ > 0 (after any softplus)   A, B, C: (d, n)
+    -> (batch, d, L) in u's dtype; the same as ``selective_scan_ref`` with Δ constant in time."""
+    dtype_in, dtype = u.dtype, _compute_dtype(u.dtype)
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    length = u.shape[-1]
+    n_fft = 1 << (2 * length - 1).bit_length()  # >= 2L - 1: the linear, not circular, convolution
+    kernel = ssm_kernel(delta, A, B, C, length)  # (d, L)
+    spectrum = torch.fft.rfft(u, n=n_fft) * torch.fft.rfft(kernel, n=n_fft)  # (batch, d, n_fft // 2 + 1)
+    y = torch.fft.irfft(spectrum, n=n_fft)[..., :length]  # (batch, d, L)   Eq. 3b, causal
+    return _skip_and_gate(y, u, D, z).to(dtype_in)
