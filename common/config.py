@@ -72,6 +72,9 @@ class BaseConfig:
 
     scale: str = "cpu"
     seeds: list[int] = field(default_factory=lambda: [0])
+    # "<task>" or "<task>/<variant>" -> the seeds those runs train instead of ``seeds`` (e.g. three seeds
+    # only for the claims near their threshold); a run's own ``Run.seeds`` win over both
+    seeds_by_run: dict[str, list[int]] = field(default_factory=dict)
     resume: bool = False  # continue each run from its last checkpoint and its MLflow run
     only: list[str] = field(default_factory=list)  # run only these "<task>" or "<task>/<variant>"
     progress: bool = True  # progress bars

@@ -47,7 +47,7 @@ import importlib
 import operator
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -317,7 +317,14 @@ class Paper:
         return self.meta.get("title", self.slug)
 
     def plan(self, cfg) -> list[Run]:
-        return self.module.plan(cfg)
+        """The paper's runs, with the seeds ``cfg.seeds_by_run`` gives them (a run's own seeds win)."""
+        by_run = cfg.get("seeds_by_run") or {}
+        return [
+            replace(run, seeds=tuple(by_run.get(run.key, by_run.get(run.task))))
+            if run.seeds is None and (run.key in by_run or run.task in by_run)
+            else run
+            for run in self.module.plan(cfg)
+        ]
 
     @property
     def schema(self) -> type:
@@ -424,6 +431,13 @@ def validate(paper: Paper, cfg: Any, runs: list[Run]) -> None:
             raise PaperzooError(
                 f"{source}: run '{run.key}' has section '{run.section}', which is no config section"
             )
+    tasks = {run.task for run in runs}
+    for key, seeds in (cfg.get("seeds_by_run") or {}).items():
+        if key not in keys | tasks:
+            raise PaperzooError(f"seeds_by_run: '{key}' is no task or run of the plan at preset '{cfg.scale}' "
+                                f"(runs: {', '.join(sorted(keys))})")  # fmt: skip
+        if not seeds:
+            raise PaperzooError(f"seeds_by_run: '{key}' has no seeds; give at least one, or leave it out")
     file = shown_path(paper.path / "paper.yaml")
     for claim in paper.claims:
         if claim.opt_in:

@@ -43,6 +43,7 @@ from common.claims import (
     fmt,
     natural_key,
     reproductions,
+    seed_order,
     shown_criterion,
     shown_ours,
     verdict_class,
@@ -210,8 +211,10 @@ class Report:
                 or (r.verdict == NOT_RUN and not r.claim.opt_in)]  # fmt: skip
 
     def ours_header(self) -> str:
-        n = len(self.reproduction.seeds) if self.reproduction else 0
-        return f"ours (mean ± std of {n} seeds)" if n > 1 else "ours"
+        seeds = {len(r.per_seed) for r in self.results if r.per_seed}
+        if len(seeds) > 1:  # some runs train more seeds than others (seeds_by_run)
+            return "ours (mean ± std over its seeds)"
+        return f"ours (mean ± std of {seeds.pop()} seeds)" if seeds and max(seeds) > 1 else "ours"
 
     def console(self) -> str:
         """The claims table in plain text (claim, paper, ours, verdict) and the totals."""
@@ -246,6 +249,20 @@ class Report:
             ],
             "totals": self.totals(),
         }  # fmt: skip
+
+
+def seeds_line(runs: dict[RunKey, Any]) -> str:
+    """ "seeds 0, 1" when every (task, variant) trained the same seeds, else which trained which."""
+    by_run: dict[str, list[str]] = {}
+    for task, variant, seed in sorted(runs, key=lambda k: (k[0], k[1], seed_order(k[2]))):
+        by_run.setdefault(f"{task}/{variant}", []).append(seed)
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for key, seeds in by_run.items():
+        groups.setdefault(tuple(seeds), []).append(key)
+    if len(groups) <= 1:
+        return f"seeds {', '.join(next(iter(groups), ()))}"
+    ordered = sorted(groups.items(), key=lambda g: (-len(g[0]), g[1]))
+    return "seeds " + "; ".join(f"{', '.join(seeds)} ({', '.join(keys)})" for seeds, keys in ordered)
 
 
 def own_figures(slug: str, mlflow_client, runs: dict[RunKey, Any], folder: Path) -> list[str]:
@@ -284,7 +301,7 @@ def write_report(report: Report, mlflow_client) -> None:
         "",
         f"Preset **{rep.preset}** · hardware: {', '.join(devices) or '—'} · commit {', '.join(commits) or '—'} · "
         f"report written {_date()} from the MLflow store, reproduction `{rep.id}`{done}, {len(runs)} runs, "
-        f"seeds {', '.join(rep.seeds)}.",
+        f"{seeds_line(runs)}.",
         *mixing_warning(devices, commits),
         "", "## Claims", "",
         f"| claim | statement | source |{' setting (paper → ours) |' if settings else ''} paper | "

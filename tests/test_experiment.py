@@ -86,6 +86,24 @@ def test_every_paper_validates_at_every_preset():
             validate(paper, cfg, paper.plan(cfg))
 
 
+def test_seeds_by_run_gives_some_runs_their_own_seeds():
+    paper = load_paper("template")
+    cfg = load_config(
+        paper.schema,
+        paper.path / "configs",
+        ["scale=smoke", "seeds=[0]", "seeds_by_run={rings/mlp: [0, 1, 2]}"],
+    )
+    runs = {run.key: run.trained_seeds(cfg.seeds) for run in paper.plan(cfg)}
+    assert runs == {"rings/mlp": [0, 1, 2], "rings/linear": [0]}
+    validate(paper, cfg, paper.plan(cfg))
+    by_task = load_config(paper.schema, paper.path / "configs", ["scale=smoke", "seeds_by_run={rings: [3]}"])
+    assert {run.trained_seeds(by_task.seeds)[0] for run in paper.plan(by_task)} == {3}
+    for given, needles in (("{rings/mpl: [1]}", ("seeds_by_run", "'rings/mpl'", "rings/linear, rings/mlp")),
+                           ("{rings/mlp: []}", ("seeds_by_run", "'rings/mlp' has no seeds"))):  # fmt: skip
+        bad = load_config(paper.schema, paper.path / "configs", ["scale=smoke", f"seeds_by_run={given}"])
+        one_line_error(lambda bad=bad: validate(paper, bad, paper.plan(bad)), *needles)
+
+
 def test_a_claim_the_plan_does_not_run_fails_unless_opt_in(template):
     paper, cfg, runs = template
     bad = with_claims(paper, lambda c: c[1]["measure"].update(variant="mpl"))

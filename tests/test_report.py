@@ -17,6 +17,8 @@ from common.tracking import Tracker
 # (reproduction, preset, planned size, [(variant, seed, test/acc, status)]), oldest first
 REPRODUCTIONS = [
     ("cpu0", "cpu", 2, [("mlp", 0, 0.6, "FINISHED"), ("linear", 0, 0.5, "FINISHED")]),
+    ("uneven", "smoke", 4, [("mlp", s, acc, "FINISHED") for s, acc in enumerate([0.97, 0.99, 0.95])] +
+                           [("linear", 0, 0.5, "FINISHED")]),  # seeds_by_run: three seeds for the MLP only
     ("full", "smoke", 6, [(v, s, acc, "FINISHED") for s, (mlp, lin) in enumerate([(1.0, 0.5), (0.98, 0.52), (0.96, 0.5)])
                           for v, acc in (("mlp", mlp), ("linear", lin))]),
     ("part", "smoke", 6, [("mlp", 0, 0.9, "FINISHED"), ("linear", 0, 0.5, "FINISHED"), ("mlp", 1, 0.9, "KILLED")]),
@@ -67,6 +69,16 @@ def test_the_latest_complete_reproduction_with_mean_and_std_over_seeds(store, tm
     )
     index = (tmp_path / "README.md").read_text()  # built from results.json
     assert "| Template Paper | [_template](_template/README.md) | smoke | 1 | 0 | 0 | 0 | 1 |" in index
+
+
+def test_runs_with_their_own_seeds_say_which_trained_which(store, tmp_path):
+    report = build_report("_template", reproduction="uneven", uri=store, out_root=tmp_path)
+    readme = (tmp_path / "_template" / "README.md").read_text()
+    assert "seeds 0, 1, 2 (rings/mlp); 0 (rings/linear)." in readme
+    assert "ours (mean ± std over its seeds)" in readme and "s0: 97.0%, s1: 99.0%, s2: 95.0%" in readme
+    per_seed = {r.claim.id: r.per_seed for r in report.results}
+    assert per_seed["hidden-layer-helps"] == pytest.approx({"0": 0.47})  # the seeds both runs trained
+    assert len(per_seed["mlp-solves-rings"]) == 3
 
 
 def test_another_reproduction_or_preset_on_request(store, tmp_path):
