@@ -6,7 +6,10 @@ time and memory per generated token).
        batch 2, d = 128, n = 16, per sequence length L: our fast path (``selective_scan``), our sequential
        reference (skipped where it would take more than ~30 s), mambapy's Blelloch ``pscan`` path, and
        mamba_ssm's ``selective_scan_ref`` when it is installed.
-    2. Generation with ``build_mamba_lm``'s recurrent ``step``: time per token and size of the state at
+    2. The time-invariant (LTI, S4D-style) SSM of the selective-copying baselines, forward + backward, same
+       sizes with Δ, B, C fixed: the convolution mode (``ssm_convolution``, Eq. 3a, 3b by FFT) against the
+       chunked scan run on the same inputs (Δ expanded to every step) and the sequential reference.
+    3. Generation with ``build_mamba_lm``'s recurrent ``step``: time per token and size of the state at
        positions 64 and 4096; the state must not grow (no KV cache).
 
 Usage: ``python -m papers.mamba.bench [--out DIR] [--lengths 256 1024 4096] [--repeats 3]``; writes
@@ -28,7 +31,7 @@ from common.models.lm import state_bytes
 from common.paths import reports_dir
 
 from .model import build_mamba_lm
-from .ops import selective_scan, selective_scan_ref
+from .ops import selective_scan, selective_scan_ref, ssm_convolution
 
 SCAN = dict(batch=2, d=128, n=16)
 LM = dict(vocab_size=65, d_model=128, n_layers=4)  # the shakespeare_char Mamba of experiment.py
@@ -50,6 +53,39 @@ def _scan_inputs(length: int, device: torch.device, seed: int = 0) -> dict:
         "delta_bias": torch.randn(d, generator=g) * 0.5 - 4.0,  # softplus -> Δ around 0.02
     }
     return {k: v.to(device).requires_grad_() for k, v in x.items()}
+
+
+def _lti_inputs(length: int, device: torch.device, seed: int = 0) -> dict:
+    """A time-invariant SSM: u, z (b, d, L); delta (d,) the step Δ > 0; A, B, C (d, n); D (d,)."""
+    g = torch.Generator().manual_seed(seed)
+    b, d, n = SCAN["batch"], SCAN["d"], SCAN["n"]
+    x = {
+        "u": torch.randn(b, d, length, generator=g),
+        "delta": F.softplus(torch.randn(d, generator=g) * 0.5 - 4.0),  # Δ around 0.02
+        "A": -torch.arange(1.0, n + 1).repeat(d, 1),
+        "B": torch.ones(d, n),  # S4D's initialisation, as in MambaMixer(selective=False)
+        "C": torch.randn(d, n, generator=g),
+        "D": torch.ones(d),
+        "z": torch.randn(b, d, length, generator=g),
+    }
+    return {k: v.to(device).requires_grad_() for k, v in x.items()}
+
+
+def _as_scan(scan: Callable) -> Callable:
+    """An LTI SSM run through a scan: Δ (d,) expanded to every step (b, d, L)."""
+    return lambda u, delta, **rest: scan(u, delta[None, :, None].expand_as(u), **rest)
+
+
+def bench_lti(
+    lengths: tuple[int, ...], repeats: int, device: torch.device, log: Callable[[str], None]
+) -> list:
+    paths = {
+        "fast": ssm_convolution,
+        "scan": _as_scan(selective_scan),
+        "reference": _as_scan(selective_scan_ref),
+    }
+    return time_paths("lti", _lti_inputs, paths, lengths, repeats, device, log, REFERENCE_BUDGET_S,
+                      extrapolated=lambda name: name == "reference")  # fmt: skip
 
 
 def _mambapy_scan(u, delta, A, B, C, D, z, delta_bias):
@@ -148,6 +184,20 @@ def _markdown(r: dict) -> str:
         ]
         cells = [_fmt_ms(row[k]) for k in ("fast", "reference", "mambapy_pscan", "mamba_ssm_reference")]
         lines.append(f"| {row['L']} | " + " | ".join(cells + ratio) + " |")
+    lines += [
+        "",
+        f"## Time-invariant SSM (LTI), forward + backward (ms; batch {SCAN['batch']}, d {SCAN['d']}, n {SCAN['n']})",
+        "",
+        "| L | convolution (Eq. 3b, FFT) | chunked scan | reference | convolution vs scan | convolution vs reference |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in r["lti"]:
+        ratio = [f"{row[k]:.1f}x" if k in row else "-" for k in ("speedup_vs_scan", "speedup_vs_reference")]
+        lines.append(
+            f"| {row['L']} | "
+            + " | ".join([_fmt_ms(row[k]) for k in ("fast", "scan", "reference")] + ratio)
+            + " |"
+        )
     g = r["generation"]
     m = g["model"]
     lines += [
@@ -176,6 +226,7 @@ def run(
     result = {
         **environment(device),
         "scan": bench_scan(tuple(lengths), repeats, device, log),
+        "lti": bench_lti(tuple(lengths), repeats, device, log),
         "generation": bench_generation(tuple(gen_positions), gen_tokens, device, log),
     }
     return write_results(out_dir, result, _markdown)

@@ -18,11 +18,21 @@ def test_bench_writes_tables_and_skips_slow_reference(tmp_path, monkeypatch):
     assert second["reference"] == "skipped" and isinstance(second["fast"], float)
     assert first["mamba_ssm_reference"] == "not installed" or isinstance(first["mamba_ssm_reference"], float)
 
+    lti_first, lti_second = result["lti"]
+    assert all(isinstance(lti_first[k], float) for k in ("fast", "scan", "reference", "speedup_vs_scan"))
+    assert lti_second["reference"] == "skipped" and isinstance(lti_second["scan"], float)
+
     gen = result["generation"]
     assert [r["position"] for r in gen["rows"]] == [3, 6] and gen["state_is_flat"]
     assert gen["rows"][0]["state_bytes"] > 0
 
     assert json.loads((tmp_path / "bench.json").read_text()) == result
     md = (tmp_path / "bench.md").read_text()
-    assert "| 8 |" in md and "skipped" in md and result["torch"] in md and "State size" in md
+    assert (
+        "| 8 |" in md
+        and "skipped" in md
+        and result["torch"] in md
+        and "State size" in md
+        and "convolution vs scan" in md
+    )
     assert any("fwd+bwd" in line for line in lines)
