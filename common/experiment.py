@@ -29,6 +29,8 @@ Each claim in ``paper.yaml``::
                                           # on validation while the claim reports a test metric
       criteria: {smoke: null, cpu: ">= 0.95", gpu: ">= 0.99"}   # on the mean over seeds
       setting: {paper: "L=4096, 16 tokens", cpu: "L=64, 4 tokens"}  # optional: where a preset is scaled down
+      spread: {cpu: "s0-s2 x 1, 2 threads: 33.1 .. 36.0%"}  # optional: the run-to-run spread measured
+                                          # before judging (seeds, thread counts, CPUs), one line per preset
       requires: other-claim-id            # optional: only meaningful if that claim is reproduced
       opt_in: "needs wmt14.enabled=true"  # optional: no preset plans its run by default, and why
 
@@ -215,6 +217,7 @@ class Claim:
     format: str = "float"
     criteria: dict[str, Criterion | None] = field(default_factory=dict)
     setting: dict[str, str] = field(default_factory=dict)  # "paper" or a preset -> its lengths, sizes, data
+    spread: dict[str, str] = field(default_factory=dict)  # a preset -> the spread measured before judging
     requires: str | None = None
     opt_in: str | None = None  # why no preset plans its run by default (validate then allows that)
 
@@ -242,6 +245,19 @@ def _fields(cls: type, raw: Any, where: str) -> dict[str, Any]:
         if required and raw.get(f.name) in (None, ""):
             raise PaperzooError(f"{where}: missing key '{f.name}'")
     return dict(raw)
+
+
+def _text_by_key(fields_: dict, name: str, keys: tuple[str, ...], where: str, example: str) -> dict[str, str]:
+    """A claim's ``setting`` or ``spread``: some of ``keys`` -> one line of text each (a table cell: no '|')."""
+    found = fields_.get(name) or {}
+    if not isinstance(found, dict):
+        mapped = "paper and presets" if "paper" in keys else "presets"
+        raise PaperzooError(f"{where}: '{name}' must map {mapped} to text, e.g. {example}")
+    for key, text in found.items():
+        _choice(key, keys, where, f"{name} key")
+        if not isinstance(text, str) or not text.strip() or "|" in text or "\n" in text.strip():
+            raise PaperzooError(f"{where}, {name}.{key}: expected one line of text without '|', got {text!r}")
+    return found
 
 
 def _choice(value: Any, choices: tuple[str, ...], where: str, key: str) -> str:
@@ -281,19 +297,14 @@ def parse_claims(raw: Any, file: str) -> list[Claim]:
                 parsed[preset] = None if text is None else Criterion.parse(text)
             except PaperzooError as err:
                 raise PaperzooError(f"{where}, criteria.{preset}: {err}") from None
-        setting = fields_.get("setting") or {}
-        if not isinstance(setting, dict):
-            raise PaperzooError(f"{where}: 'setting' must map paper and presets to text, e.g. "
-                                '{paper: "L=4096", cpu: "L=64"}')  # fmt: skip
-        for key, text in setting.items():
-            _choice(key, ("paper", *SCALES), where, "setting key")
-            if not isinstance(text, str) or not text.strip() or "|" in text or "\n" in text.strip():
-                raise PaperzooError(
-                    f"{where}, setting.{key}: expected one line of text without '|', got {text!r}"
-                )
+        setting = _text_by_key(
+            fields_, "setting", ("paper", *SCALES), where, '{paper: "L=4096", cpu: "L=64"}'
+        )
+        spread = _text_by_key(fields_, "spread", SCALES, where, '{cpu: "s0-s2: 33.1 .. 36.0%"}')
         if label in {c.id for c in claims}:
             raise PaperzooError(f"{where}: the id is used by an earlier claim")
-        claims.append(Claim(**{**fields_, "measure": measure, "criteria": parsed, "setting": setting}))
+        claims.append(Claim(**{**fields_, "measure": measure, "criteria": parsed, "setting": setting,
+                               "spread": spread}))  # fmt: skip
     ids = {c.id for c in claims}
     for claim in claims:
         if claim.requires and claim.requires not in ids:

@@ -243,7 +243,7 @@ class Report:
                  "ours": {"mean": r.ours, "std": r.std, "per_seed": r.per_seed},
                  "criterion": r.criterion.text if r.criterion else None, "verdict": r.verdict,
                  "setting": {"paper": r.claim.setting.get("paper"), "ours": r.claim.setting.get(rep.preset)}
-                 if r.claim.setting else None,
+                 if r.claim.setting else None, "spread": r.claim.spread.get(rep.preset),
                  "opt_in": r.claim.opt_in, "run_ids": r.run_ids}
                 for r in self.results
             ],
@@ -322,6 +322,12 @@ def write_report(report: Report, mlflow_client) -> None:
         lines.append(f"| {r.claim.id} | {' '.join(str(r.claim.statement).split())} | {r.claim.source} | "
                      f"{setting}{fmt(r.claim.paper, kind)} | {shown_ours(r)}{seeds} | "
                      f"{shown_criterion(r.claim, r.criterion)} | {verdict} |")  # fmt: skip
+    spreads = [
+        (r.claim.id, r.claim.spread[rep.preset]) for r in report.results if rep.preset in r.claim.spread
+    ]
+    if spreads:
+        lines += ["", "Run-to-run spread measured before judging (paper.yaml):", ""]
+        lines += [f"- {claim}: {text}" for claim, text in spreads]
     lines += ["", "## Figures", ""]
     for task in sorted({t for (t, _, _) in runs}):
         name = f"curves_{task}.png"

@@ -234,6 +234,22 @@ def test_a_bad_setting_is_one_line_naming_file_claim_and_key(setting, needles):
     )
 
 
+@pytest.mark.parametrize(
+    ("spread", "needles"),
+    [
+        ({"paper": "3 seeds"}, ("claim 'mlp-solves-rings'", "bad spread key 'paper'", "smoke, cpu, gpu")),
+        ({"cpu": 0.02}, ("claim 'mlp-solves-rings', spread.cpu", "expected one line of text")),
+        ("3 seeds", ("claim 'mlp-solves-rings'", "'spread' must map presets to text")),
+    ],
+)  # fmt: skip
+def test_a_bad_spread_is_one_line_and_a_good_one_is_kept(spread, needles):
+    one_line_error(
+        lambda: parse_claims(claims_with(lambda c: c[1].update(spread=spread)), FILE), FILE, *needles
+    )
+    good = parse_claims(claims_with(lambda c: c[1].update(spread={"cpu": "s0-s2: 96 .. 99%"})), FILE)
+    assert good[1].spread == {"cpu": "s0-s2: 96 .. 99%"} and good[0].spread == {}
+
+
 def test_settings_parse_and_every_real_claim_states_paper_and_preset_settings():
     helps, solves = parse_claims(TEMPLATE["claims"], FILE)
     assert helps.setting["paper"] == "noise 0.1" and helps.setting["gpu"].endswith("3000 steps")

@@ -232,6 +232,18 @@ def test_the_claims_table_says_where_a_preset_is_scaled_down_from_the_paper(stor
     assert "setting" not in plain_readme  # no column when no claim states a setting
 
 
+def test_the_spread_measured_before_judging_is_shown_for_the_preset(store, tmp_path, monkeypatch):
+    plain = report_module.parse_claims
+    spread = {"smoke": "s0-s2 x 1, 2 threads: 95 .. 100%", "cpu": "not this one"}
+    monkeypatch.setattr(report_module, "parse_claims", lambda *a: [replace(c, spread=spread) if c.id == "mlp-solves-rings"
+                                                                   else c for c in plain(*a)])  # fmt: skip
+    build_report("_template", uri=store, out_root=tmp_path)  # reproduction "full", at preset smoke
+    readme = (tmp_path / "_template" / "README.md").read_text()
+    assert "- mlp-solves-rings: s0-s2 x 1, 2 threads: 95 .. 100%" in readme and "not this one" not in readme
+    claims = json.loads((tmp_path / "_template" / "results.json").read_text())["claims"]
+    assert [c["spread"] for c in claims] == [None, spread["smoke"]]
+
+
 def test_a_paper_draws_figures_of_its_own_from_the_runs(store, tmp_path, monkeypatch, capsys):
     from papers._template import experiment as template
 
