@@ -15,6 +15,7 @@ from common.data.synthetic import (
     IGNORE_INDEX,
     CurriculumStage,
     InductionHeads,
+    SelectiveCopying,
     eval_sequences,
     generator,
     induction_heads,
@@ -64,6 +65,16 @@ def test_induction_heads_examples_and_the_curriculum():
     )  # the last stage goes on
     assert task.batch("test", 10, 16, 0)["idx"].shape == (16, 32)  # only training batches change
     assert all("start" not in b for b in (short, long, tiny))
+
+
+def test_selective_copying_curriculum_sets_the_context_of_training_batches_only():
+    task = SelectiveCopying(64, n_data=4, stages=(CurriculumStage(16, 3, 8), CurriculumStage(64, 2)))
+    first, second, later = (task.batch("train", i, 32, 0) for i in (2, 3, 50))
+    assert first["idx"].shape == (8, 16 + 4) and second["idx"].shape == later["idx"].shape == (32, 64 + 4)
+    assert ((first["targets"] != IGNORE_INDEX).sum(1) == 4).all()  # 4 tokens to copy at every length
+    assert task.batch("test", 2, 32, 0)["idx"].shape == (32, 64 + 4)  # tested at n_ctx
+    plain = SelectiveCopying(64, n_data=4)
+    assert torch.equal(plain.batch("train", 3, 32, 0)["idx"], second["idx"])  # the same data once at n_ctx
 
 
 def test_shifted_curriculum_stage_places_sequences_within_the_training_length():

@@ -102,22 +102,24 @@ def _predictions(model, idx: torch.Tensor, device, max_tokens: int, last_only: b
 
 
 class SelectiveCopying:
-    """Mamba Table 1 task. Reports ``test/acc``: per-token accuracy of the copied tokens."""
+    """Mamba Table 1 task. Reports ``test/acc``: per-token accuracy of the copied tokens, at ``n_ctx``.
 
-    def __init__(
-        self, n_ctx: int, n_data: int = 16, vocab: int = 16, test_size: int = 512, eval_seed: int = 1234
-    ):
-        self.n_ctx, self.n_data, self.vocab, self.test_size, self.eval_seed = (
-            n_ctx,
-            n_data,
-            vocab,
-            test_size,
-            eval_seed,
-        )
+    Optional curriculum: ``stages``, a sequence of CurriculumStage whose ``length`` is the context
+    length of its training batches (``batch_size`` 0: the run's batch size); the last stage continues
+    to the end. Testing is always at ``n_ctx``."""
+
+    def __init__(self, n_ctx: int, n_data: int = 16, vocab: int = 16, test_size: int = 512, eval_seed: int = 1234,
+                 stages: tuple[CurriculumStage, ...] = ()):  # fmt: skip
+        self.n_ctx, self.n_data, self.vocab = n_ctx, n_data, vocab
+        self.test_size, self.eval_seed, self.stages = test_size, eval_seed, tuple(stages)
 
     def batch(self, split: str, index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+        n_ctx = self.n_ctx
+        if self.stages and split == "train":
+            stage = curriculum_stage(self.stages, index)
+            n_ctx, batch_size = stage.length, stage.batch_size or batch_size
         idx, targets = selective_copying(
-            generator(seed, split, index), batch_size, self.n_ctx, self.n_data, self.vocab
+            generator(seed, split, index), batch_size, n_ctx, self.n_data, self.vocab
         )
         return {"idx": idx, "targets": targets}
 
@@ -129,7 +131,8 @@ class SelectiveCopying:
 
 @dataclass(frozen=True)
 class CurriculumStage:
-    """One stage of an InductionHeads curriculum: ``steps`` training batches of sequences of ``length``.
+    """One stage of a length curriculum (InductionHeads, SelectiveCopying): ``steps`` training batches of
+    sequences of ``length`` (SelectiveCopying: the context length; ``first`` and ``shift`` are InductionHeads').
 
     ``batch_size`` 0 keeps the tokens per batch of the run (``batch_size * train_len // length``
     sequences); the first trigger lies in the first ``first`` fraction of the sequence (1.0: anywhere;
@@ -143,6 +146,16 @@ class CurriculumStage:
     batch_size: int = 0
     first: float = 1.0
     shift: bool = False
+
+
+def curriculum_stage(stages: tuple[CurriculumStage, ...], index: int) -> CurriculumStage:
+    """The stage of training batch ``index``: ``steps`` batches each, in order; the last one continues."""
+    end = 0
+    for stage in stages:
+        end += stage.steps
+        if index < end:
+            return stage
+    return stages[-1]
 
 
 class InductionHeads:
@@ -163,21 +176,12 @@ class InductionHeads:
         self.min_test_size = min_test_size
         self.stages = tuple(stages)
 
-    def stage(self, index: int) -> CurriculumStage:
-        """The curriculum stage of training batch ``index``."""
-        end = 0
-        for stage in self.stages:
-            end += stage.steps
-            if index < end:
-                return stage
-        return self.stages[-1]
-
     def batch(self, split: str, index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
         g = generator(seed, split, index)
         if not (self.stages and split == "train"):
             idx, targets = induction_heads(g, batch_size, self.train_len, self.vocab)
             return {"idx": idx, "targets": targets}
-        stage = self.stage(index)
+        stage = curriculum_stage(self.stages, index)
         n = stage.batch_size or max(1, batch_size * self.train_len // stage.length)
         first_before = max(1, int(stage.first * (stage.length - 2)))
         idx, targets = induction_heads(g, n, stage.length, self.vocab, first_before)

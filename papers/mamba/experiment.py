@@ -42,6 +42,9 @@ class SelectiveCopyingConfig:
     n_data: int = 16
     vocab: int = 16
     test_size: int = 512
+    # a context-length curriculum shared by every variant (CurriculumStage: length = n_ctx of its batches,
+    # batch_size 0 = train.batch_size); the stages' steps replace train.max_steps; tested at n_ctx
+    stages: list[CurriculumStage] = field(default_factory=list)
     variants: list[str] = field(default_factory=lambda: list(SSM_VARIANTS))
     # vocab_size: the task's vocab; selective / gated: set by each variant
     model: MambaLMConfig = field(default_factory=lambda: MambaLMConfig(MISSING, d_model=64, n_layers=2))
@@ -91,8 +94,20 @@ class Config(BaseConfig):
     language_model: LanguageModelConfig = field(default_factory=LanguageModelConfig)
 
 
+def with_stages(train: TrainConfig, stages: list) -> tuple[TrainConfig, tuple[CurriculumStage, ...], dict]:
+    """The run's train config (max_steps: the stages' sum), its stages in batches (x grad_accum) and the MLflow
+    param that names them; unchanged without stages."""
+    stages = [OmegaConf.to_object(s) for s in stages]
+    if not stages:
+        return train, (), {}
+    label = " ".join(f"{s.steps}x{s.length}{'+shift' if s.shift else ''}" for s in stages)
+    train = replace(train, max_steps=sum(s.steps for s in stages))
+    return train, tuple(replace(s, steps=s.steps * train.grad_accum) for s in stages), {"stages": label}
+
+
 def selective_copying_runs(c: SelectiveCopyingConfig) -> list[Run]:
-    task = SelectiveCopying(c.n_ctx, c.n_data, c.vocab, c.test_size)
+    train, stages, params = with_stages(train_config(c.train), c.stages)
+    task = SelectiveCopying(c.n_ctx, c.n_data, c.vocab, c.test_size, stages=stages)
     runs = []
     for name in c.variants:
         selective, gated = SSM_VARIANTS[name]
@@ -101,8 +116,9 @@ def selective_copying_runs(c: SelectiveCopyingConfig) -> list[Run]:
         def build(change=change):
             return zoo.build("mamba", c.model, vocab_size=c.vocab, **change)
 
-        runs.append(Run("selective_copying", name, build, task, train_config(c.train), change,
-                        section="selective_copying"))  # fmt: skip
+        runs.append(
+            Run("selective_copying", name, build, task, train, change | params, section="selective_copying")
+        )
     return runs
 
 
@@ -114,22 +130,9 @@ def induction_heads_runs(c: InductionHeadsConfig) -> list[Run]:
             if name == "mamba"
             else [n for n in c.test_lengths if n <= c.attention_max_test_len]
         )
-        stages = [OmegaConf.to_object(s) for s in c[f"{name}_stages"]]
-        train = train_config(c.train)
-        label = " ".join(f"{s.steps}x{s.length}{'+shift' if s.shift else ''}" for s in stages)
-        params = {"stages": label} if stages else {}
-        if stages:
-            train = replace(train, max_steps=sum(s.steps for s in stages))
-            stages = [replace(s, steps=s.steps * train.grad_accum) for s in stages]
-        task = InductionHeads(
-            c.train_len,
-            c.vocab,
-            tuple(lengths),
-            c.test_size,
-            c.max_eval_tokens,
-            stages=tuple(stages),
-            min_test_size=c.min_test_size,
-        )
+        train, stages, params = with_stages(train_config(c.train), c[f"{name}_stages"])
+        task = InductionHeads(c.train_len, c.vocab, tuple(lengths), c.test_size, c.max_eval_tokens, stages=stages,
+                              min_test_size=c.min_test_size)  # fmt: skip
         arch = {"mamba": "mamba", "mha_abs": "mha"}[name]
 
         def build(arch=arch, model=c[name]):
@@ -171,6 +174,20 @@ def plan(cfg: Config) -> list[Run]:
                     f"{stage.batch_size}, first {stage.first}): needs length >= 3, steps >= 1, batch_size >= 0, "
                     "0 < first <= 1"
                 )
+    sc = cfg.selective_copying
+    for i, stage in enumerate(sc.stages):
+        if (
+            stage.length < sc.n_data
+            or stage.steps < 1
+            or stage.batch_size < 0
+            or stage.first != 1
+            or stage.shift
+        ):
+            raise PaperzooError(
+                f"selective_copying.stages[{i}] (length {stage.length}, steps {stage.steps}, batch_size "
+                f"{stage.batch_size}): needs length >= n_data ({sc.n_data}), steps >= 1, batch_size >= 0, and no "
+                "first or shift (induction heads' only)"
+            )
     return [
         *selective_copying_runs(cfg.selective_copying),
         *induction_heads_runs(cfg.induction_heads),

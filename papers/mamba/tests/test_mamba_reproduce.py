@@ -35,6 +35,14 @@ def test_bad_curriculum_stage_is_a_one_line_error(lab):
         "-m", "common.reproduce", "mamba", "scale=smoke", "induction_heads.mamba_stages=[{length: 64, steps: 0}]"
     )  # fmt: skip
     assert_one_line_error(result, "induction_heads.mamba_stages[0]", "steps >= 1")
+    for stage, needle in (
+        ("{length: 2, steps: 5}", "length >= n_data (4)"),
+        ("{length: 32, steps: 5, shift: true}", "no first or shift"),
+    ):
+        result = run_cli(
+            "-m", "common.reproduce", "mamba", "scale=smoke", f"selective_copying.stages=[{stage}]"
+        )
+        assert_one_line_error(result, "selective_copying.stages[0]", needle)
 
 
 def test_curricula_set_the_step_count():
