@@ -37,6 +37,25 @@ def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: float = 300, env: dict |
                           env=full_env)  # fmt: skip
 
 
+def reproduce_in(root: Path, *args: str) -> int:
+    """``python -m common.reproduce <args>`` run in this process, into the store of ``lab_env(root)``; the exit
+    status. For a test's setup and checks, where the command line itself is not under test: a new interpreter
+    costs ~10 s of imports (torch, MLflow, torch._dynamo) before the first step."""
+    from common.reproduce import main
+
+    env = lab_env(root)
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        return main(list(args))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
     """A bad input: non-zero exit, exactly one 'error: ...' line on stderr, no traceback."""
     assert result.returncode != 0, result.stdout

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from common.paths import REPO_ROOT
-from common.testing import assert_one_line_error, lab_env, run_cli
+from common.testing import assert_one_line_error, lab_env, reproduce_in, run_cli
 from common.tracking import client
 
 ARGS = ["-m", "common.reproduce", "template", "scale=smoke", "progress=false", "train.max_steps=40"]
@@ -34,20 +34,20 @@ def runs_by_status(root) -> dict[str, list]:
      ("prepare_model", 0)],  # B dies before its first MLflow run: only the runs folder knows B
 )  # fmt: skip
 def test_resume_continues_a_fresh_reproduction_that_died_before_its_first_checkpoint(
-    tmp_path, dies_in, left_running
+    tmp_path, capsys, dies_in, left_running
 ):
     env = lab_env(tmp_path)
-    first = run_cli(*ARGS, env=env)  # reproduction A finishes and leaves finished checkpoints
-    assert first.returncode == 0, first.stderr
+    assert reproduce_in(tmp_path, *ARGS[2:]) == 0  # reproduction A finishes and leaves finished checkpoints
     a_runs = runs_by_status(tmp_path)["FINISHED"]
     a_ids = {r.data.tags["reproduction"] for r in a_runs}
     died = subprocess.run([sys.executable, "-c", die_at(dies_in), "template", *ARGS[3:]], cwd=REPO_ROOT,
                           env={**os.environ, **env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)  # fmt: skip
     assert died.returncode == 9, died.stderr
     assert len(runs_by_status(tmp_path).get("RUNNING", [])) == left_running
-    resumed = run_cli(*ARGS, "resume=true", env=env)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "already finished" not in resumed.stdout  # A's checkpoints were claimed by B, not skipped as B's
+    capsys.readouterr()
+    assert reproduce_in(tmp_path, *ARGS[2:], "resume=true") == 0
+    # A's checkpoints were claimed by B, not skipped as B's
+    assert "already finished" not in capsys.readouterr().out
     runs = runs_by_status(tmp_path)
     assert "RUNNING" not in runs and len(runs.get("KILLED", [])) == left_running  # none stays RUNNING
     b_ids = {r.data.tags["reproduction"] for r in runs["FINISHED"]} - a_ids
@@ -57,8 +57,7 @@ def test_resume_continues_a_fresh_reproduction_that_died_before_its_first_checkp
 
 def test_resume_refuses_a_checkpoint_whose_run_is_in_another_store(tmp_path):
     args = [*ARGS, "only=[rings/mlp]"]
-    first = run_cli(*args, env=lab_env(tmp_path))
-    assert first.returncode == 0, first.stderr
+    assert reproduce_in(tmp_path, *args[2:]) == 0
     other = {**lab_env(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'other.db'}"}
     assert_one_line_error(
         run_cli(*args, "resume=true", env=other), "resume=true: checkpoint", "not in the store"

@@ -32,7 +32,7 @@ from common.runs import (
     run_dir,
     save_final,
 )
-from common.testing import lab_env, run_cli
+from common.testing import lab_env, reproduce_in
 from common.tracking import client
 from common.train import train
 from papers._template import experiment as template
@@ -290,7 +290,7 @@ KILLED_AFTER_TRAINING = (  # dies like a SIGKILL between the finished checkpoint
 )
 
 
-def test_a_run_killed_right_after_training_is_finished_on_resume(lab):
+def test_a_run_killed_right_after_training_is_finished_on_resume(lab, capsys):
     env, args = lab_env(lab / "killed"), ["template", *SMOKE, "only=[rings/mlp]"]
     died = subprocess.run([sys.executable, "-c", KILLED_AFTER_TRAINING, *args], cwd=REPO_ROOT,
                           env={**os.environ, **env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)  # fmt: skip
@@ -298,9 +298,9 @@ def test_a_run_killed_right_after_training_is_finished_on_resume(lab):
     mlflow_client = client(env["MLFLOW_TRACKING_URI"])
     (stranded,) = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("_template").experiment_id])
     assert stranded.info.status == "RUNNING" and "final/train_loss" not in stranded.data.metrics
-    resumed = run_cli("-m", "common.reproduce", *args, "resume=true", env=env)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "already finished" not in resumed.stdout and "redoing its final step" in resumed.stdout
+    assert reproduce_in(lab / "killed", *args, "resume=true") == 0
+    resumed = capsys.readouterr().out
+    assert "already finished" not in resumed and "redoing its final step" in resumed
     run = mlflow_client.get_run(stranded.info.run_id)
     assert run.info.status == "FINISHED" and "final/train_loss" in run.data.metrics
     assert {f.path for f in mlflow_client.list_artifacts(run.info.run_id, "model")} == {
@@ -309,5 +309,6 @@ def test_a_run_killed_right_after_training_is_finished_on_resume(lab):
     clean = mlflow_run("mlp")
     for metric in ("test/acc", "final/train_loss", "model/n_params"):
         assert run.data.metrics[metric] == clean.data.metrics[metric], metric
-    again = run_cli("-m", "common.reproduce", *args, "resume=true", env=env)
-    assert again.returncode == 0 and "already finished" in again.stdout
+    capsys.readouterr()
+    assert reproduce_in(lab / "killed", *args, "resume=true") == 0
+    assert "already finished" in capsys.readouterr().out

@@ -152,7 +152,7 @@ def _final_loss(store, run_name="rings/mlp/s0"):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_finishes_the_same_mlflow_run_with_the_same_loss(tmp_path):
-    from common.testing import lab_env, run_cli
+    from common.testing import lab_env, reproduce_in
 
     args = ["-m", "common.reproduce", "template", "scale=smoke", "train.max_steps=1500", "train.ckpt_every=25",
             "only=[rings/mlp]", "progress=false"]  # fmt: skip
@@ -170,10 +170,8 @@ def test_sigkill_then_resume_finishes_the_same_mlflow_run_with_the_same_loss(tmp
     step_at_kill = load_checkpoint(ckpt)["step"]
     assert 0 < step_at_kill < 1500
 
-    resumed = run_cli(*args, "resume=true", env=lab_env(killed))
-    assert resumed.returncode == 0, resumed.stderr
-    uninterrupted = run_cli(*args, env=lab_env(clean))
-    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    assert reproduce_in(killed, *args[2:], "resume=true") == 0
+    assert reproduce_in(clean, *args[2:]) == 0  # uninterrupted
 
     runs_killed, runs_clean = _final_loss(killed), _final_loss(clean)
     assert len(runs_killed) == 1  # the resumed run is the same MLflow run, not a new one
@@ -185,12 +183,11 @@ def test_sigkill_then_resume_finishes_the_same_mlflow_run_with_the_same_loss(tmp
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path):
-    from common.testing import lab_env, run_cli
+    from common.testing import lab_env, reproduce_in, run_cli
 
     args = ["common.reproduce", "template", "scale=smoke", "train.max_steps=30", "only=[rings/mlp]",
             "progress=false", "train.batch_size=64"]  # fmt: skip
-    single = run_cli("-m", *args, env=lab_env(tmp_path / "one"))
-    assert single.returncode == 0, single.stderr
+    assert reproduce_in(tmp_path / "one", *args[1:]) == 0
     ddp = run_cli("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", *args,
                   env=lab_env(tmp_path / "two"))  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-2000:]
