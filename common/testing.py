@@ -67,13 +67,12 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
 
 
 def smoke_reproduction(lab: Path, slug: str) -> tuple[str, dict[tuple[str, str], dict[str, float]]]:
-    """Run ``python -m common.reproduce <slug> scale=smoke`` into the ``lab`` store; assert that it succeeded
-    and that a run measured every claim. Returns the report's README text and the final metrics of each
-    (task, variant) run."""
+    """Run ``python -m common.reproduce <slug> scale=smoke`` (in this process: ``reproduce_in``) into the
+    ``lab`` store; assert that it succeeded and that a run measured every claim. Returns the report's README
+    text and the final metrics of each (task, variant) run."""
     from common.tracking import client
 
-    result = run_cli("-m", "common.reproduce", slug, "scale=smoke", "progress=false")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert reproduce_in(lab, slug, "scale=smoke", "progress=false") == 0
     readme = (lab / "reports" / slug / "README.md").read_text()
     assert "**not run**" not in readme  # every claim was measured by a run
     mlflow_client = client()

@@ -6,7 +6,7 @@ from common.claims import NOT_RUN
 from common.config import load_config
 from common.experiment import load_paper
 from common.paths import data_dir
-from common.testing import assert_one_line_error, run_cli
+from common.testing import assert_one_line_error, reproduce_in, run_cli
 from common.tracking import client
 
 CLAIMS = ["wmt14-en-de-base", "wmt14-en-de-big", "wmt14-en-fr-base", "wmt14-en-fr-big", "multi30k-bleu",
@@ -87,8 +87,7 @@ def test_bad_overrides_are_one_line_errors(lab):
 
 @needs_data
 def test_smoke_reproduction_writes_the_report_from_mlflow(lab):
-    result = run_cli("-m", "common.reproduce", "transformer", "scale=smoke", "progress=false", timeout=120)
-    assert result.returncode == 0, result.stderr
+    assert reproduce_in(lab, "transformer", "scale=smoke", "progress=false") == 0
     readme = (lab / "reports" / "transformer" / "README.md").read_text()
     assert "Preset **smoke**" in readme and "Attention Is All You Need" in readme
     for claim in CLAIMS:
