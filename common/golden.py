@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import os
 import re
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import torch
 from common.config import load_config
 from common.errors import PaperzooError
 from common.experiment import load_paper
-from common.paths import REPO_ROOT, discover_papers
+from common.paths import REPO_ROOT, discover_papers, env_vars
 from common.reproduce import prepare_model
 from common.runs import BaseRun, RunRef, run_dir, save_final
 from common.tracking import git_info
@@ -69,20 +68,6 @@ class _LossRecorder:
                 raise _Enough
 
 
-@contextlib.contextmanager
-def _runs_folder(folder: Path):
-    """``common.paths.runs_dir()`` is ``folder`` inside the block."""
-    before = os.environ.get("PAPERZOO_RUNS")
-    os.environ["PAPERZOO_RUNS"] = str(folder)
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["PAPERZOO_RUNS"]
-        else:
-            os.environ["PAPERZOO_RUNS"] = before
-
-
 def curves(slug: str, steps: int | None = None, overrides: Sequence[str] = ()) -> dict[str, Curve]:
     """``{"<task>/<variant>/s<seed>": [(step, loss), ...]}`` of the smoke preset (+ ``overrides``), first ``steps``."""
     paper = load_paper(slug)
@@ -97,7 +82,11 @@ def curves(slug: str, steps: int | None = None, overrides: Sequence[str] = ()) -
                 name = f"{run.task}/{run.variant}/s{seed}"
                 train_cfg = replace(run.train, log_every=1, device="cpu")
                 recorder = _LossRecorder(min(steps or train_cfg.max_steps, train_cfg.max_steps))
-                with _runs_folder(private) if run.init_from in trained else contextlib.nullcontext():
+                with (
+                    env_vars({"PAPERZOO_RUNS": str(private)})
+                    if run.init_from in trained
+                    else contextlib.nullcontext()
+                ):
                     model, base = prepare_model(run, seed, trained.get(run.init_from))  # as common.reproduce
                 ckpt = Path(tmp) / name.replace("/", "-") / "last.pt"
                 with contextlib.suppress(_Enough):
@@ -107,7 +96,7 @@ def curves(slug: str, steps: int | None = None, overrides: Sequence[str] = ()) -
                           progress=False, desc=name, base=base)  # fmt: skip
                 out[name] = recorder.curve
                 if (ref := RunRef(paper.slug, PRESET, run.task, run.variant, seed)) in bases:
-                    with _runs_folder(private):
+                    with env_vars({"PAPERZOO_RUNS": str(private)}):
                         weights, _ = save_final(model, run_dir(ref), base)
                     trained[ref] = BaseRun(ref, None, hashlib.sha256(weights.read_bytes()).hexdigest())
     return out

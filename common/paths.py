@@ -11,11 +11,29 @@ Every location can be moved with an environment variable:
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PAPERS_DIR = REPO_ROOT / "papers"
+
+
+@contextlib.contextmanager
+def env_vars(values: dict[str, str]) -> Iterator[None]:
+    """These environment variables (e.g. ``PAPERZOO_RUNS``) hold ``values`` inside the block; each is put back
+    as it was (or removed) after it."""
+    before = {var: os.environ.get(var) for var in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for var, value in before.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
 
 def _env_path(var: str, default: Path) -> Path:

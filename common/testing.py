@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from common.paths import REPO_ROOT
+from common.paths import REPO_ROOT, env_vars
 
 
 def lab_env(root: Path) -> dict[str, str]:
@@ -43,17 +43,8 @@ def reproduce_in(root: Path, *args: str) -> int:
     costs ~10 s of imports (torch, MLflow, torch._dynamo) before the first step."""
     from common.reproduce import main
 
-    env = lab_env(root)
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
+    with env_vars(lab_env(root)):
         return main(list(args))
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
