@@ -115,13 +115,16 @@ class MambaMixer(nn.Module):
         xz = self.in_proj(x).transpose(1, 2)  # (B, 2*E*D or E*D, L)
         x, z = xz.chunk(2, dim=1) if self.gated else (xz, None)  # (B, E*D, L) each
         x = F.silu(self.conv1d(x)[..., :length])  # causal: the conv is padded by d_conv - 1 on both sides
-        delta, B, C, delta_bias = self._ssm_params(x)
         A = -torch.exp(_fp32_or_more(self.A_log))  # (E*D, N)
-        D, delta_bias = _fp32_or_more(self.D), _fp32_or_more(delta_bias)
+        D = _fp32_or_more(self.D)
         if self.selective:
-            y = selective_scan(x, delta, A, B, C, D, z, delta_bias, delta_softplus=True)  # (B, E*D, L)
-        else:  # Δ, B, C fixed: the convolution mode (Eq. 3a, 3b)
-            y = ssm_convolution(x, F.softplus(delta_bias), A, B, C, D, z)  # (B, E*D, L)
+            delta, B, C, delta_bias = self._ssm_params(x)
+            y = selective_scan(
+                x, delta, A, B, C, D, z, _fp32_or_more(delta_bias), delta_softplus=True
+            )  # (B, E*D, L)
+        else:  # Δ, B, C fixed: the convolution mode (Eq. 3a, 3b), no per-step Δ to build
+            dt = F.softplus(_fp32_or_more(self.dt_bias))  # (E*D,)
+            y = ssm_convolution(x, dt, A, self.B, self.C, D, z)  # (B, E*D, L)
         return self.out_proj(y.transpose(1, 2))  # (B, L, D)
 
     def prefill(self, x: torch.Tensor, state):  # x (B, L, D) after ``state`` -> (B, L, D), state after x
