@@ -79,6 +79,7 @@ class BaseConfig:
     only: list[str] = field(default_factory=list)  # run only these "<task>" or "<task>/<variant>"
     progress: bool = True  # progress bars
     strict: bool = False  # exit 1 when a claim is not reproduced (the report is written anyway)
+    workers: int = 1  # runs trained at once, each in a process with its share of the threads (common.workers)
 
 
 def default_scale() -> str:

@@ -449,6 +449,8 @@ def validate(paper: Paper, cfg: Any, runs: list[Run]) -> None:
                                 f"(runs: {', '.join(sorted(keys))})")  # fmt: skip
         if not seeds:
             raise PaperzooError(f"seeds_by_run: '{key}' has no seeds; give at least one, or leave it out")
+    if cfg.get("workers", 1) < 1:
+        raise PaperzooError(f"workers={cfg.workers}: give the number of runs to train at once, 1 or more")
     file = shown_path(paper.path / "paper.yaml")
     for claim in paper.claims:
         if claim.opt_in:

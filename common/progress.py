@@ -28,6 +28,8 @@ def _duration(seconds: float) -> str:
 class Progress:
     """``update(1)`` per step; ``show(loss=, lr=, tokens_per_s=)`` when new numbers are logged; ``close()``."""
 
+    bars = True  # False: plain lines even on a terminal (common.workers: bars of parallel runs would collide)
+
     def __init__(self, total: int, initial: int, desc: str, enabled: bool = True,
                  stream: TextIO | None = None, every_s: float = 30.0):  # fmt: skip
         self.stream = stream or sys.stderr
@@ -35,7 +37,7 @@ class Progress:
         self.enabled = enabled
         self.numbers: dict[str, float] = {}
         self.bar = None
-        if enabled and self.stream.isatty():
+        if enabled and self.bars and self.stream.isatty():
             self.bar = tqdm(total=total, initial=initial, desc=desc, leave=False, file=self.stream)
         self.started, self.first = time.monotonic(), initial
         self.last_line, self.last_tenth = self.started, 10 * initial // max(total, 1)

@@ -23,6 +23,7 @@ whatever the verdicts; with ``strict=true``, exit 1 when a claim is not reproduc
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import signal
 import sys
@@ -30,6 +31,7 @@ import time
 import uuid
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
@@ -56,6 +58,7 @@ from common.runs import (
 )
 from common.tracking import Tracker, git_info, newest_runs, system_info, tracking_uri
 from common.train import TrainResult, distributed_context, pick_device, run_evaluation, train
+from common.workers import Job, run_jobs
 
 
 def claim_ids(paper: Paper, run: Run) -> list[str]:
@@ -275,6 +278,39 @@ def run_one(
         raise
 
 
+@functools.cache
+def _worker_plan(name: str, overrides: tuple[str, ...]) -> tuple[Paper, Any, dict[str, Run]]:
+    paper = load_paper(name)
+    cfg = load_config(paper.schema, paper.path / "configs", list(overrides))
+    return paper, cfg, {run.key: run for run in paper.plan(cfg)}
+
+
+def train_in_worker(
+    name: str, overrides: tuple[str, ...], key: str, seed: int, reproduction: str, size: int
+) -> dict:  # fmt: skip
+    """One run of the plan, in a worker process of ``common.workers`` (the plan built once per worker)."""
+    paper, cfg, runs = _worker_plan(name, overrides)
+    return run_one(paper, cfg, runs[key], seed, Tracker(paper.slug, tracking_uri()), reproduction, size)
+
+
+def run_in_workers(name: str, overrides: list[str], paper: Paper, cfg, jobs: list[tuple[Run, int]],
+                   reproduction: str) -> None:  # fmt: skip
+    """``workers=N``: the jobs, N at a time, each worker with its share of this process's threads; a run
+    that starts from another run of the plan waits for it."""
+    threads = max(1, torch.get_num_threads() // cfg.workers)
+    print(f"  {cfg.workers} runs at a time, {threads} thread{'s' * (threads > 1)} each", flush=True)
+    index = {(run.key, seed): i for i, (run, seed) in enumerate(jobs)}
+    work = []
+    for run, seed in jobs:
+        base = run.init_from
+        after = index.get((f"{base.task}/{base.variant}", base.seed)) if base else None
+        if base is not None and (base.paper, base.preset) != (paper.slug, cfg.scale):
+            after = None
+        args = (name, tuple(overrides), run.key, seed, reproduction, len(jobs))
+        work.append(Job(f"{run.key} seed {seed}", args, set() if after is None else {after}))
+    run_jobs(train_in_worker, work, cfg.workers, threads)
+
+
 def reproduce(name: str, overrides: list[str]) -> int:
     """Train, log, report; the exit status."""
     paper = load_paper(name)
@@ -286,7 +322,7 @@ def reproduce(name: str, overrides: list[str]) -> int:
         raise PaperzooError(
             f"only={list(cfg.only)} matches no run; runs are: {', '.join(r.key for r in planned)}"
         )
-    rank, _ = distributed_context()
+    rank, world = distributed_context()
     tracker = Tracker(paper.slug, tracking_uri()) if rank == 0 else None
     jobs = [(run, seed) for run in runs for seed in run.trained_seeds(cfg.seeds)]
     planned_refs = {RunRef(paper.slug, cfg.scale, run.task, run.variant, seed) for run, seed in jobs}
@@ -302,10 +338,17 @@ def reproduce(name: str, overrides: list[str]) -> int:
         print(
             f"{paper.title}: {len(jobs)} runs at preset '{cfg.scale}' -> MLflow {tracking_uri()}", flush=True
         )
-    for i, (run, seed) in enumerate(jobs, 1):
-        if rank == 0:
-            print(f"[{i}/{len(jobs)}] {run.key} seed {seed}", flush=True)
-        run_one(paper, cfg, run, seed, tracker, reproduction, len(jobs))
+    if cfg.workers > 1 and len(jobs) > 1:
+        if world > 1:
+            raise PaperzooError(
+                f"workers={cfg.workers} and torchrun (world size {world}) do not mix; drop one"
+            )
+        run_in_workers(name, overrides, paper, cfg, jobs, reproduction)
+    else:
+        for i, (run, seed) in enumerate(jobs, 1):
+            if rank == 0:
+                print(f"[{i}/{len(jobs)}] {run.key} seed {seed}", flush=True)
+            run_one(paper, cfg, run, seed, tracker, reproduction, len(jobs))
     if rank != 0:
         return 0
     written = report.build_report(paper.slug, preset=cfg.scale, reproduction=reproduction)

@@ -57,13 +57,15 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
         assert needle in lines[0], lines[0]
 
 
-def smoke_reproduction(lab: Path, slug: str) -> tuple[str, dict[tuple[str, str], dict[str, float]]]:
-    """Run ``python -m common.reproduce <slug> scale=smoke`` (in this process: ``reproduce_in``) into the
-    ``lab`` store; assert that it succeeded and that a run measured every claim. Returns the report's README
-    text and the final metrics of each (task, variant) run."""
+def smoke_reproduction(
+    lab: Path, slug: str, *overrides: str
+) -> tuple[str, dict[tuple[str, str], dict[str, float]]]:  # fmt: skip
+    """Run ``python -m common.reproduce <slug> scale=smoke <overrides>`` (in this process: ``reproduce_in``)
+    into the ``lab`` store; assert that it succeeded and that a run measured every claim. Returns the report's
+    README text and the final metrics of each (task, variant) run."""
     from common.tracking import client
 
-    assert reproduce_in(lab, slug, "scale=smoke", "progress=false") == 0
+    assert reproduce_in(lab, slug, "scale=smoke", "progress=false", *overrides) == 0
     readme = (lab / "reports" / slug / "README.md").read_text()
     assert "**not run**" not in readme  # every claim was measured by a run
     mlflow_client = client()
