@@ -143,7 +143,16 @@ class LoRALinear(nn.Module):
         y = self.base(x)
         if self.merged:
             return y
-        return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.full_B()) * self.scale
+        h = F.linear(self.dropout(x), self.lora_A)  # (..., m r)
+        if len(self.slices) == 1:
+            return y + F.linear(h, self.lora_B) * self.scale
+        # each enabled chunk j: y_j += (α / r) B_j h_j, without building the block matrix full_B
+        blocks = self.lora_B.view(self.n_enabled, self.chunk, self.r)  # (m, d_s, r)
+        delta = torch.einsum(
+            "...mr,mdr->...md", h.unflatten(-1, (self.n_enabled, self.r)), blocks
+        )  # (..., m, d_s)
+        chunks = y.unflatten(-1, (len(self.slices), self.chunk))  # (..., n, d_s)
+        return chunks.index_add(-2, self.enabled, delta * self.scale).flatten(-2)
 
     @torch.no_grad()
     def merge(self) -> None:
