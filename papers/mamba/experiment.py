@@ -188,8 +188,10 @@ def plan(cfg: Config) -> list[Run]:
                 f"{stage.batch_size}): needs length >= n_data ({sc.n_data}), steps >= 1, batch_size >= 0, and no "
                 "first or shift (induction heads' only)"
             )
+    # the longest runs first: workers=N hands the runs out in this order, and a long run handed out last
+    # would keep one worker busy while the others idle (cpu preset: induction heads 7-13 min a run)
     return [
-        *selective_copying_runs(cfg.selective_copying),
         *induction_heads_runs(cfg.induction_heads),
+        *selective_copying_runs(cfg.selective_copying),
         *language_model_runs(cfg.language_model),
     ]

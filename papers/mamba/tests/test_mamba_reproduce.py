@@ -10,7 +10,7 @@ from common.testing import assert_one_line_error, run_cli, smoke_reproduction
 
 @pytest.mark.slow
 def test_smoke_reproduction_logs_every_run_and_writes_the_claims_table(lab):
-    readme, by_variant = smoke_reproduction(lab, "mamba")
+    readme, by_variant = smoke_reproduction(lab, "mamba", "workers=2")  # two runs at a time (common.workers)
     for claim in ("selcopy-s6", "selcopy-lti", "induction-mamba-extrapolates", "induction-mha-abs-fails-at-4x", "induction-mha-abs-in-distribution",
                   "lm-mamba-matches-transformer"):  # fmt: skip
         assert f"| {claim} |" in readme
@@ -48,23 +48,24 @@ def test_bad_curriculum_stage_is_a_one_line_error(lab):
 def test_curricula_set_the_step_count():
     paper = load_paper("mamba")
     runs = {r.key: r for r in paper.plan(load_config(paper.schema, paper.path / "configs", ["scale=cpu"]))}
-    assert runs["induction_heads/mamba"].train.max_steps == 1100
+    assert runs["induction_heads/mamba"].train.max_steps == 900
     assert runs["induction_heads/mha_abs"].train.max_steps == 2500 + 500 + 500 + 1200
     assert (
         runs["induction_heads/mha_abs"].params["stages"] == "2500x8+shift 500x16+shift 500x32+shift 1200x64"
     )
     assert runs["induction_heads/mha_abs"].data.stages[0] == CurriculumStage(8, 2500, 256, shift=True)
-    assert runs["induction_heads/mamba"].params["stages"] == "800x64 300x1024"
+    assert runs["induction_heads/mamba"].params["stages"] == "400x64 300x1024 200x2048"
     assert runs["induction_heads/mamba"].data.stages == (
-        CurriculumStage(64, 800),
+        CurriculumStage(64, 400),
         CurriculumStage(1024, 300, first=0.1),
+        CurriculumStage(2048, 200, first=0.1),
     )
     assert (
         runs["induction_heads/mamba"].data.eval_seed == 1234
     )  # the test set is the same with or without stages
     lti = runs["selective_copying/lti"]
-    assert lti.train.max_steps == 1200 and lti.params["stages"] == "700x64 500x128" and lti.data.n_ctx == 128
-    assert lti.data.stages == (CurriculumStage(64, 700), CurriculumStage(128, 500))
+    assert lti.train.max_steps == 1000 and lti.params["stages"] == "700x64 300x128" and lti.data.n_ctx == 128
+    assert lti.data.stages == (CurriculumStage(64, 700), CurriculumStage(128, 300))
 
 
 def test_the_claims_nearest_their_threshold_train_three_seeds_at_cpu():
