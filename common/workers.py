@@ -1,8 +1,8 @@
 """Several runs of a reproduction at once, each in its own process (``workers=N``).
 
-Small models use a CPU's threads poorly: on 2 cores, a Mamba training step at 1 thread costs 1.2-1.35x its
-2-thread time, so two runs side by side at 1 thread each finish about 1.5x sooner than the same runs one
-after the other at 2 threads. ``run_jobs`` hands the jobs to ``workers`` spawned processes, each with
+Small models use a CPU's threads poorly: on 2 cores (Intel Xeon, Mamba's cpu preset) a run at 1 thread
+beside another took 1.5x (Mamba induction heads) to 1.7x (MHA-Abs) its time alone at 2 threads, so two
+runs side by side finish 1.2-1.3x sooner than one after the other. ``run_jobs`` hands the jobs to ``workers`` spawned processes, each with
 ``threads`` torch threads; a job waits for the jobs it names in ``Job.after`` (a run that starts from
 another run's final weights). A run's numbers depend on its seed and its thread count, never on which
 worker trained it or when.
@@ -37,6 +37,9 @@ class Job:
 
 
 def _stop_on_sigterm(signum, frame):
+    # once: a multi-threaded parent's death can deliver the death signal more than once (once per thread the
+    # worker is handed to), and a second KeyboardInterrupt would cut the run's KILLED status short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -125,5 +128,8 @@ def run_jobs(target: Callable, jobs: list[Job], workers: int, threads: int) -> l
             if proc.is_alive():
                 proc.terminate()  # SIGTERM: the run in progress ends KILLED, its checkpoint kept
         for proc in procs:
-            proc.join()
+            proc.join(timeout=60)
+            if proc.is_alive():  # stuck past its KILLED status: no orphan left behind
+                proc.kill()
+                proc.join()
     return [results[n] for n in range(len(jobs))]

