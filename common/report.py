@@ -100,7 +100,9 @@ def _date(ms: float | None = None) -> str:
 def hardware(tags: dict[str, str]) -> str:
     """The machine a run trained on: its device and, on a CPU, its thread count (tags of common.tracking)."""
     device, threads = tags.get("device_name", "?"), tags.get("threads")
-    return f"{device}, {threads} threads" if threads and tags.get("device", "cpu") == "cpu" else device
+    if not threads or tags.get("device", "cpu") != "cpu":
+        return device
+    return f"{device}, {threads} thread{'' if threads == '1' else 's'}"
 
 
 def mixing_warning(devices: list[str], commits: list[str]) -> list[str]:

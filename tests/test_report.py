@@ -185,7 +185,7 @@ def test_html_colours_verdicts_scrolls_tables_and_lays_figures_in_a_grid(store, 
 @pytest.mark.parametrize(
     "second, said",
     [({"device_name": "Intel(R) Xeon(R) Processor", "threads": "2"}, "2 machines (AMD EPYC, 2 threads; Intel"),
-     ({"threads": "1"}, "2 machines (AMD EPYC, 1 threads; AMD EPYC, 2 threads)"),
+     ({"threads": "1"}, "2 machines (AMD EPYC, 1 thread; AMD EPYC, 2 threads)"),
      ({"git_commit": "def"}, "2 commits (abc, def)")],
 )  # fmt: skip
 def test_a_report_from_two_machines_or_commits_says_so(tmp_path, second, said):
