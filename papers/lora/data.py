@@ -93,6 +93,12 @@ def windows(pieces: Iterable[np.ndarray]) -> dict[str, torch.Tensor]:
     return {"idx": rows[:, :-1], "targets": rows[:, 1:]}
 
 
+def random_windows(ids: np.ndarray, block_size: int, n: int, g: torch.Generator) -> list[np.ndarray]:
+    """``n`` pieces of ``block_size`` + 1 token ids from uniformly drawn starts in ``ids`` (the one draw)."""
+    starts = torch.randint(0, len(ids) - block_size - 1, (n,), generator=g).tolist()
+    return [ids[s : s + block_size + 1] for s in starts]
+
+
 def mean_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], device) -> float:
     """The loss per target token over all ``batches`` (targets -100 ignored)."""
     total, tokens = 0.0, 0
@@ -118,19 +124,19 @@ class PretrainTask:
         self.block_size, self.eval_batches = c.block_size, c.eval_batches
         self.eval_batch_size, self.eval_seed = eval_batch_size, eval_seed
 
-    def _windows(self, ids: np.ndarray, g: torch.Generator, n: int) -> list[np.ndarray]:
-        T = self.block_size
-        return [ids[s : s + T + 1] for s in torch.randint(0, len(ids) - T - 1, (n,), generator=g).tolist()]
-
     def batch(self, split: str, index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
         g, corpora = generator(seed, split, index), list(self.streams.values())
         split = "val" if split == "test" else split
-        return windows(self._windows(corpora[i % len(corpora)][split], g, 1)[0] for i in range(batch_size))
+        return windows(
+            random_windows(corpora[i % len(corpora)][split], self.block_size, 1, g)[0]
+            for i in range(batch_size)
+        )
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         metrics = {}
         for name, ids in self.streams.items():
-            batches = (windows(self._windows(ids["val"], generator(self.eval_seed, "val", i), self.eval_batch_size))
+            batches = (windows(random_windows(ids["val"], self.block_size, self.eval_batch_size,
+                                              generator(self.eval_seed, "val", i)))
                        for i in range(self.eval_batches))  # fmt: skip
             metrics[f"val/loss_{name}"] = mean_loss(model, batches, device)
         return {"val/loss": statistics.fmean(metrics.values()), **metrics}
@@ -151,11 +157,7 @@ class CaptionsTask:
 
     def batch(self, split: str, index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
         ids = self.stream["val" if split == "test" else split]
-        T, g = self.block_size, generator(seed, split, index)
-        return windows(
-            ids[s : s + T + 1]
-            for s in torch.randint(0, len(ids) - T - 1, (batch_size,), generator=g).tolist()
-        )
+        return windows(random_windows(ids, self.block_size, batch_size, generator(seed, split, index)))
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         T, size, metrics = self.block_size, self.eval_batch_size, {}
