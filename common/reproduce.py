@@ -15,6 +15,10 @@ the latest complete reproduction. A run's MLflow params hold each value once (``
 top-level fields of BaseConfig, its own config section (``Run.section``; the whole config when it has
 none), the model as built (its zoo spec), its TrainConfig and the variant's change.
 
+With ``workers=N`` (common.workers) N runs train at once, each in its own process with 1/N of the
+threads, handed out in plan order (a run waits for the run it starts from); a run's numbers are those
+of the serial loop at the same thread count.
+
 Ends by writing ``reports/<paper>/`` and printing the claims table; exit 0 once the runs finished,
 whatever the verdicts; with ``strict=true``, exit 1 when a claim is not reproduced. Under
 ``torchrun`` every rank trains; only rank 0 talks to MLflow and writes the report.
