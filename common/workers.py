@@ -1,9 +1,10 @@
 """Several runs of a reproduction at once, each in its own process (``workers=N``).
 
 Small models use a CPU's threads poorly: on 2 cores (Intel Xeon, Mamba's cpu preset) a run at 1 thread
-beside another took 1.5x (Mamba induction heads) to 1.7x (MHA-Abs) its time alone at 2 threads, so two
-runs side by side finish 1.2-1.3x sooner than one after the other. ``run_jobs`` hands the jobs to ``workers`` spawned processes, each with
-``threads`` torch threads; a job waits for the jobs it names in ``Job.after`` (a run that starts from
+beside another took 1.5x (Mamba induction heads) to 1.9x (the small GPT) its time alone at 2 threads, so
+two runs side by side finished the whole preset only 1.16x sooner (34 min 52 s, against 40 min 26 s one
+after the other). ``run_jobs`` hands the jobs to ``workers`` spawned processes, each with ``threads``
+torch threads; a job waits for the jobs it names in ``Job.after`` (a run that starts from
 another run's final weights). A run's numbers depend on its seed and its thread count, never on which
 worker trained it or when.
 

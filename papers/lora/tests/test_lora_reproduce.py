@@ -44,9 +44,8 @@ def final_files(run, folder) -> tuple[dict, dict]:
 
 @pytest.mark.slow
 def test_smoke_reproduction_adapts_the_pretraining_run_and_measures_every_claim(lab):
-    readme, metrics = smoke_reproduction(
-        lab, "lora", "workers=2"
-    )  # the adapters wait for the pretraining run
+    # two runs at a time (common.workers): the adapters wait for the pretraining run they start from
+    readme, metrics = smoke_reproduction(lab, "lora", "workers=2")
     heat_map = "subspace_r8_vs_r64_s0.png"  # Fig. 3 from the two runs' saved A's
     assert f"(figures/{heat_map})" in readme and (lab / "reports" / "lora" / "figures" / heat_map).is_file()
     runs = mlflow_runs()
