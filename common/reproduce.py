@@ -283,18 +283,19 @@ def run_one(
 
 
 @functools.cache
-def _worker_plan(name: str, overrides: tuple[str, ...]) -> tuple[Paper, Any, dict[str, Run]]:
+def _worker_plan(name: str, overrides: tuple[str, ...]) -> tuple[Paper, Any, dict[str, Run], Tracker]:
     paper = load_paper(name)
     cfg = load_config(paper.schema, paper.path / "configs", list(overrides))
-    return paper, cfg, {run.key: run for run in paper.plan(cfg)}
+    return paper, cfg, {run.key: run for run in paper.plan(cfg)}, Tracker(paper.slug, tracking_uri())
 
 
 def train_in_worker(
     name: str, overrides: tuple[str, ...], key: str, seed: int, reproduction: str, size: int
 ) -> dict:  # fmt: skip
-    """One run of the plan, in a worker process of ``common.workers`` (the plan built once per worker)."""
-    paper, cfg, runs = _worker_plan(name, overrides)
-    return run_one(paper, cfg, runs[key], seed, Tracker(paper.slug, tracking_uri()), reproduction, size)
+    """One run of the plan, in a worker process of ``common.workers`` (the plan and the tracker made once per
+    worker, as the serial loop makes them once)."""
+    paper, cfg, runs, tracker = _worker_plan(name, overrides)
+    return run_one(paper, cfg, runs[key], seed, tracker, reproduction, size)
 
 
 def run_in_workers(name: str, overrides: list[str], paper: Paper, cfg, jobs: list[tuple[Run, int]],
@@ -303,15 +304,14 @@ def run_in_workers(name: str, overrides: list[str], paper: Paper, cfg, jobs: lis
     that starts from another run of the plan waits for it."""
     threads = max(1, torch.get_num_threads() // cfg.workers)
     print(f"  {cfg.workers} runs at a time, {threads} thread{'s' * (threads > 1)} each", flush=True)
-    index = {(run.key, seed): i for i, (run, seed) in enumerate(jobs)}
+    index = {
+        RunRef(paper.slug, cfg.scale, run.task, run.variant, seed): i for i, (run, seed) in enumerate(jobs)
+    }
     work = []
     for run, seed in jobs:
-        base = run.init_from
-        after = index.get((f"{base.task}/{base.variant}", base.seed)) if base else None
-        if base is not None and (base.paper, base.preset) != (paper.slug, cfg.scale):
-            after = None
         args = (name, tuple(overrides), run.key, seed, reproduction, len(jobs))
-        work.append(Job(f"{run.key} seed {seed}", args, set() if after is None else {after}))
+        after = {index[run.init_from]} if run.init_from in index else set()  # a base of this reproduction
+        work.append(Job(f"{run.key} seed {seed}", args, after))
     run_jobs(train_in_worker, work, cfg.workers, threads)
 
 
@@ -327,6 +327,8 @@ def reproduce(name: str, overrides: list[str]) -> int:
             f"only={list(cfg.only)} matches no run; runs are: {', '.join(r.key for r in planned)}"
         )
     rank, world = distributed_context()
+    if cfg.workers > 1 and world > 1:
+        raise PaperzooError(f"workers={cfg.workers} and torchrun (world size {world}) do not mix; drop one")
     tracker = Tracker(paper.slug, tracking_uri()) if rank == 0 else None
     jobs = [(run, seed) for run in runs for seed in run.trained_seeds(cfg.seeds)]
     planned_refs = {RunRef(paper.slug, cfg.scale, run.task, run.variant, seed) for run, seed in jobs}
@@ -343,10 +345,6 @@ def reproduce(name: str, overrides: list[str]) -> int:
             f"{paper.title}: {len(jobs)} runs at preset '{cfg.scale}' -> MLflow {tracking_uri()}", flush=True
         )
     if cfg.workers > 1 and len(jobs) > 1:
-        if world > 1:
-            raise PaperzooError(
-                f"workers={cfg.workers} and torchrun (world size {world}) do not mix; drop one"
-            )
         run_in_workers(name, overrides, paper, cfg, jobs, reproduction)
     else:
         for i, (run, seed) in enumerate(jobs, 1):
