@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +51,14 @@ def data_dir() -> Path | None:
 
 def cache_dir() -> Path:
     return _env_path("PAPERZOO_CACHE", REPO_ROOT / ".cache")
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` to a file of this process's own, then renamed to ``path``: a reader never sees a half-written
+    cache file, even while other processes (``workers=N``) write the same one."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def runs_dir() -> Path:

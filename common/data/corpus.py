@@ -34,7 +34,7 @@ from torch import nn
 
 from common.data.synthetic import generator
 from common.errors import PaperzooError
-from common.paths import cache_dir, data_dir
+from common.paths import cache_dir, data_dir, write_atomically
 
 
 @dataclass(frozen=True)
@@ -159,9 +159,7 @@ def cached_bpe(path: Path, texts: Callable[[], Iterable[str]], vocab_size: int, 
         return Tokenizer.from_file(str(path))
     tok = train_bpe(texts(), vocab_size, **options)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tok.save(str(tmp))
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: tok.save(str(tmp)))
     return tok
 
 
@@ -219,17 +217,16 @@ class TokenizedCorpus:
             tok = fit_tokenizer(tokenizer, text if tokenizer == "char" else text[:split])
             ids = np.asarray(tok.encode(text), dtype=np.uint16 if tok.vocab_size < 2**16 else np.uint32)
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = ids_path.with_suffix(".tmp")
-            ids.tofile(tmp)
-            os.replace(tmp, ids_path)
-            tok.save(tok_path)
+            write_atomically(ids_path, ids.tofile)
+            write_atomically(tok_path, tok.save)
             meta = {
                 "dtype": ids.dtype.name,
                 "n_tokens": int(ids.size),
                 "vocab_size": tok.vocab_size,
                 "source": name,
             }
-            meta_path.write_text(json.dumps(meta))
+            # the meta file last: it marks the cache complete
+            write_atomically(meta_path, lambda tmp: tmp.write_text(json.dumps(meta)))
         meta = json.loads(meta_path.read_text())
         self.tokenizer = load_tokenizer(tok_path)
         self.vocab_size = meta["vocab_size"]

@@ -31,7 +31,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,7 @@ from torch import nn
 from common.data.corpus import fit_tokenizer, load_tokenizer
 from common.data.synthetic import generator
 from common.errors import PaperzooError
-from common.paths import cache_dir, data_dir
+from common.paths import cache_dir, data_dir, write_atomically
 
 DOCUMENT_CORPORA = {"cpython-stdlib": "cpython-stdlib/cpython-3.11.7-lib.jsonl.gz"}  # under $PAPERZOO_DATA
 
@@ -85,14 +84,13 @@ def tokenized_documents(name: str, tokenizer: str, val_fraction: float):
         dtype = np.uint16 if tok.vocab_size < 2**16 else np.uint32
         ids = np.concatenate([np.asarray(e, dtype=dtype) for e in encoded])
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = ids_path.with_suffix(".tmp")
-        ids.tofile(tmp)
-        os.replace(tmp, ids_path)
-        tok.save(tok_path)
+        write_atomically(ids_path, ids.tofile)
+        write_atomically(tok_path, tok.save)
         offsets = np.cumsum([0] + [len(e) for e in encoded]).tolist()
         meta = {"dtype": ids.dtype.name, "vocab_size": tok.vocab_size, "source": name,
                 "paths": [path for path, _ in docs], "offsets": offsets}  # fmt: skip
-        meta_path.write_text(json.dumps(meta))  # written last: marks the cache complete
+        # the meta file last: it marks the cache complete
+        write_atomically(meta_path, lambda tmp: tmp.write_text(json.dumps(meta)))
     meta = json.loads(meta_path.read_text())
     return np.memmap(ids_path, dtype=meta["dtype"], mode="r"), load_tokenizer(tok_path), meta
 
