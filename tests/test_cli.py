@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from common import report
+from common.errors import PaperzooError
 from common.experiment import LazyTask, Run, load_paper, read_meta
 from common.paths import REPO_ROOT
 from common.report import build_report
@@ -34,6 +35,15 @@ def test_bad_value_and_unknown_preset(lab):
         run_cli("-m", "common.reproduce", "template", "train.max_steps=lots"), "train.max_steps"
     )
     assert_one_line_error(run_cli("-m", "common.reproduce", "template", "scale=huge"), "unknown preset")
+
+
+def test_workers_below_one_and_workers_under_torchrun_are_one_line_errors(lab, monkeypatch):
+    result = run_cli("-m", "common.reproduce", "template", "scale=smoke", "workers=0")
+    assert_one_line_error(result, "workers=0", "1 or more")
+    monkeypatch.setattr("common.reproduce.distributed_context", lambda: (0, 2))  # as under torchrun, 2 ranks
+    with pytest.raises(PaperzooError, match="workers=2 and torchrun"):
+        reproduce("template", ["scale=smoke", "workers=2"])
+    assert not (lab / "runs").exists()  # refused before the reproduction claims its checkpoint folders
 
 
 def test_corrupt_checkpoint_is_reported_and_kept(lab):

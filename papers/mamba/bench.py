@@ -9,10 +9,14 @@ time and memory per generated token).
     2. The time-invariant (LTI, S4D-style) SSM of the selective-copying baselines, forward + backward, same
        sizes with Δ, B, C fixed: the convolution mode (``ssm_convolution``, Eq. 3a, 3b by FFT) against the
        chunked scan run on the same inputs (Δ expanded to every step) and the sequential reference.
-    3. Generation with ``build_mamba_lm``'s recurrent ``step``: time per token and size of the state at
+    3. The selective scan forward without gradients (evaluation, e.g. induction heads tested at 2^14), batch
+       8 as the evaluation's slices at 2^14, d = 128, n = 16: ``inference_scan`` (blocks of
+       ``INFERENCE_BLOCK`` steps) against the chunked scan over the whole length, the path it replaced there.
+    4. Generation with ``build_mamba_lm``'s recurrent ``step``: time per token and size of the state at
        positions 64 and 4096; the state must not grow (no KV cache).
 
-Usage: ``python -m papers.mamba.bench [--out DIR] [--lengths 256 1024 4096] [--repeats 3]``; writes
+Usage: ``python -m papers.mamba.bench [--out DIR] [--lengths 256 1024 4096] [--repeats 3]`` (section 3 at
+1024, 4096 and 16384 steps); writes
 DIR/bench.md and DIR/bench.json (default DIR: reports/mamba) and ``run`` returns the same numbers.
 """
 
@@ -26,22 +30,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.bench import cli, environment, environment_line, sync, time_paths, write_results
+from common.bench import cli, environment, environment_line, sync, time_paths, timed, write_results
 from common.models.lm import state_bytes
 from common.paths import reports_dir
 
 from .model import build_mamba_lm
-from .ops import selective_scan, selective_scan_ref, ssm_convolution
+from .ops import INFERENCE_BLOCK, selective_scan, selective_scan_ref, ssm_convolution
 
 SCAN = dict(batch=2, d=128, n=16)
+INFERENCE_BATCH = 8  # the induction-heads evaluation's slices at 2^14: max_eval_tokens 2^17 / 2^14
 LM = dict(vocab_size=65, d_model=128, n_layers=4)  # the shakespeare_char Mamba of experiment.py
 REFERENCE_BUDGET_S = 30.0
 
 
-def _scan_inputs(length: int, device: torch.device, seed: int = 0) -> dict:
+def _scan_inputs(length: int, device: torch.device, seed: int = 0, batch: int = SCAN["batch"]) -> dict:
     """Inputs in mamba_ssm's layout: u, delta, z (b, d, L); A (d, n); B, C (b, n, L); D, delta_bias (d,)."""
     g = torch.Generator().manual_seed(seed)
-    b, d, n = SCAN["batch"], SCAN["d"], SCAN["n"]
+    b, d, n = batch, SCAN["d"], SCAN["n"]
     x = {
         "u": torch.randn(b, d, length, generator=g),
         "delta": torch.randn(b, d, length, generator=g) * 0.5,
@@ -128,6 +133,31 @@ def bench_scan(
                       extrapolated=lambda name: name.endswith("reference"))  # fmt: skip
 
 
+def bench_inference(
+    lengths: tuple[int, ...], repeats: int, device: torch.device, log: Callable[[str], None]
+) -> list:
+    """Forward only: ``selective_scan`` without gradients (``inference_scan``) against the same call whose inputs
+    require gradients (the chunked scan over the whole length, its graph then dropped)."""
+    rows = []
+    for length in lengths:
+        graded = _scan_inputs(length, device, batch=INFERENCE_BATCH)
+        x = {k: v.detach() for k, v in graded.items()}
+
+        def blocks(x=x):
+            with torch.no_grad():
+                selective_scan(**x, delta_softplus=True)
+
+        def whole(graded=graded):
+            selective_scan(**graded, delta_softplus=True)
+
+        t = timed({"blocks": blocks, "whole": whole}, repeats, device)
+        rows.append({"L": length, **t, "speedup": t["whole"] / t["blocks"]})
+        log(
+            f"inference L={length}: blocks {1e3 * t['blocks']:.1f} ms, whole length {1e3 * t['whole']:.1f} ms"
+        )
+    return rows
+
+
 @torch.no_grad()
 def bench_generation(
     positions: tuple[int, ...], tokens: int, device: torch.device, log: Callable[[str], None]
@@ -198,6 +228,17 @@ def _markdown(r: dict) -> str:
             + " | ".join([_fmt_ms(row[k]) for k in ("fast", "scan", "reference")] + ratio)
             + " |"
         )
+    lines += [
+        "",
+        f"## Selective scan, forward without gradients (ms; batch {INFERENCE_BATCH}, d {SCAN['d']}, n {SCAN['n']})",
+        "",
+        f"| L | inference_scan (blocks of {INFERENCE_BLOCK}) | chunked scan over the whole length | speedup |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {x['L']} | {_fmt_ms(x['blocks'])} | {_fmt_ms(x['whole'])} | {x['speedup']:.1f}x |"
+        for x in r["inference"]
+    ]
     g = r["generation"]
     m = g["model"]
     lines += [
@@ -217,16 +258,18 @@ def run(
     out_dir: Path,
     lengths: tuple[int, ...] = (256, 1024, 4096),
     repeats: int = 3,
+    inference_lengths: tuple[int, ...] = (1024, 4096, 16384),
     gen_positions: tuple[int, ...] = (64, 4096),
     gen_tokens: int = 32,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Run both benchmarks on CUDA if available, else CPU; write ``out_dir/bench.{md,json}``; return the numbers."""
+    """Run the benchmarks on CUDA if available, else CPU; write ``out_dir/bench.{md,json}``; return the numbers."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = {
         **environment(device),
         "scan": bench_scan(tuple(lengths), repeats, device, log),
         "lti": bench_lti(tuple(lengths), repeats, device, log),
+        "inference": bench_inference(tuple(inference_lengths), repeats, device, log),
         "generation": bench_generation(tuple(gen_positions), gen_tokens, device, log),
     }
     return write_results(out_dir, result, _markdown)

@@ -29,6 +29,8 @@ A time-invariant SSM (Δ, B, C fixed, as in S4) is also a convolution (Eq. 3a, 3
 mamba_ssm's fused kernel (the hardware-aware scan of Sec. 3.3.2) when it is installed and the inputs live on a
 GPU, otherwise ``ChunkedSelectiveScan``, a two-level chunked scan in plain PyTorch with a hand-written backward:
 O(L) work in O(sqrt L) sequential steps, an order of magnitude faster than the reference on CPU (bench.py).
+Without gradients (evaluation, generation) it runs ``inference_scan``: the same chunked scan block by block of
+the time axis, each block entering with the last one's state, so that long sequences stay in cache.
 ``ssm_convolution`` is the fast path of the time-invariant case (Δ constant in time, B and C (d, n)): the
 kernel of Eq. 3a, then the causal convolution of Eq. 3b by FFT, with no sequential step at all; autograd
 gives its gradients. It equals ``selective_scan_ref`` with Δ expanded to (batch, d, L) (the tests).
@@ -103,6 +105,28 @@ def _sum_d(x: torch.Tensor, v: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     return (x * v).sum_to_size(M.shape)  # time-invariant: summed over the chunks and the batch
 
 
+def _chunked_states(delta, u, A, B, h_in=None):
+    """The forward phases of ``ChunkedSelectiveScan`` (layout and phases 1-3 in its docstring), started from the
+    state ``h_in`` (b, n, d) (None: zero): Ā (T, K, b, n, d), every state h_t (T, K, b, n, d) and the state
+    entering each chunk h0 (K, b, n, d)."""
+    A_bar = (delta[..., None, :] * A).exp_()  # (T, K, b, n, d)   Eq. 4
+    hs = (delta * u)[..., None, :] * B  # (T, K, b, n, d)   B̄_t x_t = Δ_t u_t B_t, turned into h_t in place
+    T, K = delta.shape[:2]
+    end = hs[0].clone()  # (K, b, n, d)   phase 1: each chunk's end state from zero
+    for j in range(1, T):
+        end = torch.addcmul(hs[j], A_bar[j], end)
+    decay = torch.exp(delta.sum(0)[..., None, :] * A)  # (K, b, n, d)   Ā over a whole chunk
+    h0 = torch.zeros_like(end)  # (K, b, n, d)   phase 2: the state entering each chunk
+    if h_in is not None:
+        h0[0] = h_in
+    for k in range(1, K):
+        torch.addcmul(end[k - 1], decay[k - 1], h0[k - 1], out=h0[k])
+    hs[0].addcmul_(A_bar[0], h0)  # phase 3: every chunk rerun from its entering state
+    for j in range(1, T):
+        hs[j].addcmul_(A_bar[j], hs[j - 1])  # Eq. 2a
+    return A_bar, hs, h0
+
+
 class ChunkedSelectiveScan(torch.autograd.Function):
     """y, h_last = S6 core (Eq. 2a, 2b, 4) on a time axis cut into K chunks of T steps, hand-written backward.
 
@@ -128,21 +152,7 @@ class ChunkedSelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, delta, u, A, B, C):
-        A_bar = (delta[..., None, :] * A).exp_()  # (T, K, b, n, d)   Eq. 4
-        hs = (delta * u)[
-            ..., None, :
-        ] * B  # (T, K, b, n, d)   B̄_t x_t = Δ_t u_t B_t, turned into h_t in place
-        T, K = delta.shape[:2]
-        end = hs[0].clone()  # (K, b, n, d)
-        for j in range(1, T):
-            end = torch.addcmul(hs[j], A_bar[j], end)
-        decay = torch.exp(delta.sum(0)[..., None, :] * A)  # (K, b, n, d)   Ā over a whole chunk
-        h0 = torch.zeros_like(end)  # (K, b, n, d)   state entering each chunk
-        for k in range(1, K):
-            torch.addcmul(end[k - 1], decay[k - 1], h0[k - 1], out=h0[k])
-        hs[0].addcmul_(A_bar[0], h0)
-        for j in range(1, T):
-            hs[j].addcmul_(A_bar[j], hs[j - 1])  # Eq. 2a
+        A_bar, hs, h0 = _chunked_states(delta, u, A, B)
         ctx.save_for_backward(delta, u, A, B, C, A_bar, hs, h0)
         return _sum_n(hs, C), hs[-1, -1].clone()  # Eq. 2b: y (T, K, b, d), h_last (b, n, d)
 
@@ -191,18 +201,57 @@ def selective_scan(
     batch, d, length = u.shape
     u, A, B, C = u.to(dtype), A.to(dtype), B.to(dtype), C.to(dtype)
     delta = _softplus_delta(delta, delta_bias, delta_softplus, dtype)  # (batch, d, L)
-    T = max(1, round(math.sqrt(length / 2)))  # balances the 2T steps of phases 1, 3 with the K of phase 2
-    K = -(-length // T)
-
-    def state_layout(M):  # (batch, n, L) -> (T, K, batch, n, 1);   (d, n) -> (T, 1, 1, n, d)
-        return _chunked(M, K, T)[..., None] if M.dim() == 3 else M.t().expand(T, 1, 1, *M.t().shape)
-
-    y, last_state = ChunkedSelectiveScan.apply(
-        _chunked(delta, K, T), _chunked(u, K, T), A.t().contiguous(), state_layout(B), state_layout(C)
-    )
-    y = y.transpose(0, 1).reshape(K * T, batch, d)[:length].permute(1, 2, 0).contiguous()  # (batch, d, L)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C)):
+        T, K = _chunk_shape(length)
+        y, last_state = ChunkedSelectiveScan.apply(
+            _chunked(delta, K, T), _chunked(u, K, T), A.t().contiguous(), _state_layout(B, K, T),
+            _state_layout(C, K, T),
+        )  # fmt: skip
+        y = y.transpose(0, 1).reshape(K * T, batch, d)[:length].permute(1, 2, 0).contiguous()  # (batch, d, L)
+    else:
+        y, last_state = inference_scan(u, delta, A, B, C)
     out = _skip_and_gate(y, u, D, z).to(dtype_in)
     return (out, last_state.transpose(1, 2)) if return_last_state else out
+
+
+def _chunk_shape(length: int) -> tuple[int, int]:
+    """T steps a chunk, K chunks: T ~ sqrt(L / 2) balances the 2T steps of phases 1, 3 with the K of phase 2."""
+    T = max(1, round(math.sqrt(length / 2)))
+    return T, -(-length // T)
+
+
+def _state_layout(M: torch.Tensor, K: int, T: int) -> torch.Tensor:
+    """B or C in the chunked layout: (batch, n, L) -> (T, K, batch, n, 1);   (d, n) -> (T, 1, 1, n, d)."""
+    return _chunked(M, K, T)[..., None] if M.dim() == 3 else M.t().expand(T, 1, 1, *M.t().shape)
+
+
+INFERENCE_BLOCK = 256  # steps a block of ``inference_scan``: its (block, batch, n, d) tensors stay in cache
+
+
+def inference_scan(u, delta, A, B, C, block: int = INFERENCE_BLOCK):
+    """The fast path without gradients: y (batch, d, L) before D and the gate, and h_last (batch, n, d), for
+    u, delta (batch, d, L) in the compute dtype (delta after the softplus), A (d, n), B, C as in
+    ``selective_scan_ref``. The time axis is cut into blocks of ``block`` steps, each a chunked scan (phases
+    1-3 of ``ChunkedSelectiveScan``) entering with the previous block's last state: the same recurrence
+    (Eq. 2a, 2b), but no tensor of the whole length's (L, batch, n, d) states, which made long sequences
+    (2^14 tokens) memory-bound: about 2x faster there on one CPU thread (bench.py)."""
+    batch, d, length = u.shape
+    A_t, h, ys = A.t().contiguous(), None, []  # A_t (n, d)
+    for start in range(0, length, block):
+        piece = slice(start, min(start + block, length))
+        T, K = _chunk_shape(piece.stop - start)
+
+        def chunked(t, piece=piece, K=K, T=T):  # (batch, c, L) -> this block in the chunked layout
+            return _chunked(t[..., piece], K, T)
+
+        def states(M, piece=piece, K=K, T=T):
+            return _state_layout(M[..., piece] if M.dim() == 3 else M, K, T)
+
+        _, hs, _ = _chunked_states(chunked(delta), chunked(u), A_t, states(B), h)  # (T, K, batch, n, d)
+        h = hs[-1, -1]  # (batch, n, d)   the padded steps past the end have Δ = 0: h unchanged
+        y = _sum_n(hs, states(C))  # (T, K, batch, d)   Eq. 2b
+        ys.append(y.transpose(0, 1).reshape(K * T, batch, d)[: piece.stop - start])
+    return torch.cat(ys).permute(1, 2, 0).contiguous(), h  # (batch, d, L), (batch, n, d)
 
 
 # ---- convolution mode of a time-invariant SSM (Eq. 3a, 3b) ---------------------------------------------

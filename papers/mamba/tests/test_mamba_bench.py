@@ -9,7 +9,13 @@ def test_bench_writes_tables_and_skips_slow_reference(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "REFERENCE_BUDGET_S", 0.0)  # any extrapolated reference time is too long
     lines = []
     result = bench.run(
-        tmp_path, lengths=(8, 16), repeats=1, gen_positions=(3, 6), gen_tokens=2, log=lines.append
+        tmp_path,
+        lengths=(8, 16),
+        repeats=1,
+        inference_lengths=(300,),
+        gen_positions=(3, 6),
+        gen_tokens=2,
+        log=lines.append,
     )
 
     first, second = result["scan"]
@@ -21,6 +27,11 @@ def test_bench_writes_tables_and_skips_slow_reference(tmp_path, monkeypatch):
     lti_first, lti_second = result["lti"]
     assert all(isinstance(lti_first[k], float) for k in ("fast", "scan", "reference", "speedup_vs_scan"))
     assert lti_second["reference"] == "skipped" and isinstance(lti_second["scan"], float)
+
+    (inference,) = result["inference"]
+    assert inference["L"] == 300 and all(
+        isinstance(inference[k], float) for k in ("blocks", "whole", "speedup")
+    )
 
     gen = result["generation"]
     assert [r["position"] for r in gen["rows"]] == [3, 6] and gen["state_is_flat"]
@@ -34,5 +45,6 @@ def test_bench_writes_tables_and_skips_slow_reference(tmp_path, monkeypatch):
         and result["torch"] in md
         and "State size" in md
         and "convolution vs scan" in md
+        and "| 300 |" in md
     )
     assert any("fwd+bwd" in line for line in lines)

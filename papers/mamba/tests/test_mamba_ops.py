@@ -98,6 +98,44 @@ def test_half_precision_inputs_return_their_dtype():
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("L", [1, 63, 600])
+@pytest.mark.parametrize("layout", ["selective", "lti", "mixed"])
+def test_without_gradients_the_inference_scan_matches_reference(L, layout, monkeypatch):
+    """No gradient wanted: ``selective_scan`` runs ``inference_scan`` (600 steps: two whole blocks of 256 and a
+    partial one), never the autograd function, and gives the reference's output and last state."""
+    x = {k: v.detach() for k, v in make_inputs(L, layout).items()}
+    ref = selective_scan_ref(**x, delta_softplus=True, return_last_state=True)
+
+    def autograd_path(*args):
+        raise AssertionError("the autograd scan ran without gradients")
+
+    monkeypatch.setattr(ops.ChunkedSelectiveScan, "apply", autograd_path)
+    fast = selective_scan(**x, delta_softplus=True, return_last_state=True)
+    with torch.no_grad():  # inputs that require grad, under no_grad
+        fast_no_grad = selective_scan(**make_inputs(L, layout), delta_softplus=True, return_last_state=True)
+    for got in (fast, fast_no_grad):
+        for a, b, name in zip(got, ref, ("out", "last_state")):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("block", [1, 7, 16, 63, 64])
+@pytest.mark.parametrize("layout", ["selective", "lti"])
+def test_inference_scan_block_boundaries(block, layout):
+    """Every block size, each block entering with the last one's state: y and h_last of the reference."""
+    x = {k: v.detach() for k, v in make_inputs(63, layout, extras=False).items()}
+    delta = x["delta"].abs() + 0.05  # Δ > 0, as after the softplus
+    ref_y, ref_h = selective_scan_ref(**(x | {"delta": delta}), return_last_state=True)
+    y, h = ops.inference_scan(x["u"], delta, x["A"], x["B"], x["C"], block=block)
+    torch.testing.assert_close(y, ref_y, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(h.transpose(1, 2), ref_h, rtol=1e-10, atol=1e-10)  # (b, n, d) -> (b, d, n)
+
+
+def test_inference_scan_float32_at_length_2048():
+    x = {k: v.detach() for k, v in make_inputs(2048, dtype=torch.float32, d=16, n=8).items()}
+    ref = selective_scan_ref(**x, delta_softplus=True)
+    assert rel_rms(selective_scan(**x, delta_softplus=True), ref) <= 1e-5
+
+
 @pytest.mark.parametrize("layout", ["selective", "lti"])
 def test_gradcheck(layout):
     x = make_inputs(7, layout, batch=1, d=2, n=2)
