@@ -1,4 +1,5 @@
 """Lewis et al. 2020, "Retrieval-Augmented Generation for Knowledge-Intensive NLP Tasks" (arXiv 2005.11401).
 
 marginal.py    RAG-Sequence (Eq. 1) and RAG-Token (Eq. 2) in log space, their NLL losses (Sec. 2.4)
+knowledge.py   a synthetic knowledge base: passages, questions, splits, two index versions (Sec. 4.5)
 """
