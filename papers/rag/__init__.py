@@ -2,4 +2,5 @@
 
 marginal.py    RAG-Sequence (Eq. 1) and RAG-Token (Eq. 2) in log space, their NLL losses (Sec. 2.4)
 knowledge.py   a synthetic knowledge base: passages, questions, splits, two index versions (Sec. 4.5)
+retrieval.py   BM25 and dense MIPS retrieval (MiniLM encoders, faiss flat/HNSW), index hot-swap (Sec. 2.2, 2.4)
 """
