@@ -51,6 +51,7 @@ RELATIONS = {
 }
 MUTABLE = {"person": "employer", "place": "population", "organisation": "ceo"}  # what may change by 2018
 
+FOUNDED = (["When was {s} founded?", "In what year was {s} founded?"], ["In which year was {s} established?"])
 # (kind, relation path) -> (seen phrasings, held-out paraphrases); {s} is the subject's name. A paraphrase of
 # a one-hop question shares no content word with the passage that answers it (tested).
 TEMPLATES = {
@@ -64,15 +65,13 @@ TEMPLATES = {
                                 ["Where does {s} have a job?"]),
     ("place", ("country",)): (["In which country is {s}?", "{s} is a town in which country?"],
                               ["What nation does {s} belong to?"]),
-    ("place", ("founded",)): (["When was {s} founded?", "In what year was {s} founded?"],
-                              ["In which year was {s} established?"]),
+    ("place", ("founded",)): FOUNDED,
     ("place", ("population",)): (["What is the population of {s}?", "How many people live in {s}?"],
                                  ["How many residents does {s} count?"]),
     ("organisation", ("headquarters",)): (["Where is {s} headquartered?", "Where are the headquarters of {s}?"],
                                           ["In which town does {s} keep its main office?"]),
     ("organisation", ("founder",)): (["Who founded {s}?", "Who was {s} founded by?"], ["Who started {s}?"]),
-    ("organisation", ("founded",)): (["When was {s} founded?", "In what year was {s} founded?"],
-                                     ["In which year was {s} established?"]),
+    ("organisation", ("founded",)): FOUNDED,
     ("organisation", ("ceo",)): (["Who is the chief executive of {s}?", "Who leads {s}?"], ["Who runs {s}?"]),
     ("person", ("born_in", "country")): (["In which country was {s} born?"],
                                          ["What nation is the hometown of {s} part of?"]),
