@@ -63,6 +63,24 @@ def test_losses_are_the_batch_mean_of_the_sequence_nll():
     torch.testing.assert_close(rag_token_nll(scores, logits, target, mask), -tok.mean(), rtol=0, atol=TOL)
 
 
+def test_doc_score_gradient_is_prior_minus_posterior():
+    """What trains the retriever (Sec. 2.4): d(-log p(y|x)) / d score_z = p(z|x) - p(z|x,y) for RAG-Sequence,
+    summed over positions of p(z|x) - p(z|x,y_<=t's token) for RAG-Token; divided by B for the batch mean."""
+    scores, logits, target, mask = make_inputs(seed=4)
+    index = target[:, None, :, None].expand(-1, K, -1, 1)
+    token = torch.where(
+        mask[:, None], logits.log_softmax(-1).gather(-1, index)[..., 0], 0
+    ).detach()  # (B, K, T)
+    prior = scores.detach().softmax(-1)  # (B, K)
+    posterior = (prior.log() + token.sum(-1)).softmax(-1)  # (B, K)
+    grad = torch.autograd.grad(rag_sequence_nll(scores, logits, target, mask), scores)[0]
+    torch.testing.assert_close(grad, (prior - posterior) / B, rtol=0, atol=TOL)
+    per_token = (prior.log()[:, :, None] + token).softmax(1)  # (B, K, T): p(z | x, y_t)
+    expected = ((prior[:, :, None] - per_token) * mask[:, None]).sum(-1) / B
+    grad = torch.autograd.grad(rag_token_nll(scores, logits, target, mask), scores)[0]
+    torch.testing.assert_close(grad, expected, rtol=0, atol=TOL)
+
+
 def test_limiting_cases():
     """One document: both are the generator's plain log-likelihood. Documents that all give the same
     generator distribution: both equal it too, whatever the prior. Otherwise they differ."""
