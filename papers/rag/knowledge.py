@@ -19,7 +19,7 @@ their experiments need and nothing a pretrained model could already know (the na
   every question carries its answer and evidence passages under each version.
 
 Everything follows from ``seed`` (Python's ``random.Random``), so two builds with one seed are identical.
-Sizes: ``n_entities`` entities -> n_entities * (1 + distractors) passages per version and about 3.6 questions
+Sizes: ``n_entities`` entities -> n_entities * (1 + distractors) passages per version and about 4.1 questions
 per entity.
 """
 

@@ -36,6 +36,8 @@ def _check(doc_scores: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
     b, k = doc_scores.shape
     if logits.dim() != 4 or tuple(logits.shape[:2]) != (b, k):
         raise PaperzooError(f"logits must be (B, K, T, V) = ({b}, {k}, T, V); got {tuple(logits.shape)}")
+    if mask.dtype != torch.bool:
+        raise PaperzooError(f"mask must be a bool tensor (True on real tokens); got {mask.dtype}")
     if tuple(target.shape) != (b, logits.shape[2]) or target.shape != mask.shape:
         raise PaperzooError(
             f"target and mask must be (B, T) = ({b}, {logits.shape[2]}); "

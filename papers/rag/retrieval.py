@@ -26,6 +26,7 @@ first needed.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter
 from pathlib import Path
@@ -154,6 +155,12 @@ def minilm_encoder(max_length: int = 128) -> SentenceEncoder:
     return SentenceEncoder(bert, tokenizer, max_length).eval()
 
 
+def frozen_copy(encoder: SentenceEncoder) -> SentenceEncoder:
+    """The document encoder BERT_d: a copy of ``encoder`` that no training touches (Sec. 2.4), so that an index
+    built later (another version of the knowledge, Sec. 4.5) lives in the space of the first one."""
+    return copy.deepcopy(encoder).requires_grad_(False).eval()
+
+
 class DenseIndex:
     """A faiss inner-product index of frozen passage vectors (N, d): exact (``flat``) or approximate (``hnsw``:
     a graph of ``hnsw_m`` links per vector, searched with a beam of ``ef_search`` candidates)."""
@@ -177,6 +184,11 @@ class DenseIndex:
             index.hnsw.efSearch = ef_search
         index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         return cls(index)
+
+    @classmethod
+    def from_passages(cls, doc_encoder: SentenceEncoder, passages: list[str], kind: str = "flat", **options):
+        """The index of d(z) for every passage z, from the frozen document encoder; options as in ``build``."""
+        return cls.build(doc_encoder.encode(passages), kind, **options)
 
     @property
     def dim(self) -> int:

@@ -112,6 +112,8 @@ def test_bad_shapes_are_one_line_errors():
         rag_sequence_nll(scores, logits[:, :2], target, mask)
     with pytest.raises(PaperzooError, match=r"target and mask must be \(B, T\)"):
         rag_token_nll(scores, logits, target[:, :3], mask[:, :3])
+    with pytest.raises(PaperzooError, match="mask must be a bool tensor"):
+        rag_token_nll(scores, logits, target, mask.long())
 
 
 # ---- parity with transformers ---------------------------------------------------------------------------------
