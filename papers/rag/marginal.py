@@ -33,6 +33,8 @@ from common.errors import PaperzooError
 
 
 def _check(doc_scores: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> None:
+    if doc_scores.dim() != 2:
+        raise PaperzooError(f"doc_scores must be (B, K); got {tuple(doc_scores.shape)}")
     b, k = doc_scores.shape
     if logits.dim() != 4 or tuple(logits.shape[:2]) != (b, k):
         raise PaperzooError(f"logits must be (B, K, T, V) = ({b}, {k}, T, V); got {tuple(logits.shape)}")
@@ -75,11 +77,11 @@ def rag_token_next_log_probs(doc_scores: torch.Tensor, logits: torch.Tensor) -> 
 
 
 def rag_token_log_likelihood(doc_scores, logits, target, mask) -> torch.Tensor:
-    """Eq. 2: log p(y | x) (B,) = Σ_t logsumexp_z [ log p(z | x) + log p(y_t | x, z, y_<t) ]."""
+    """Eq. 2: log p(y | x) (B,) = Σ_t logsumexp_z [ log p(z | x) + log p(y_t | x, z, y_<t) ]; the mixture is
+    taken at the target tokens only, (B, K, T) rather than rag_token_next_log_probs' (B, K, T, V)."""
     _check(doc_scores, logits, target, mask)
-    mixture = rag_token_next_log_probs(doc_scores, logits)  # (B, T, V)
-    token = mixture.gather(-1, target[..., None])[..., 0]  # (B, T)
-    return token.masked_fill(~mask, 0.0).sum(-1)  # (B,)
+    per_doc = doc_log_prior(doc_scores)[:, :, None] + target_log_probs(logits, target, mask)  # (B, K, T)
+    return per_doc.logsumexp(dim=1).masked_fill(~mask, 0.0).sum(-1)  # (B,)
 
 
 def rag_sequence_nll(doc_scores, logits, target, mask) -> torch.Tensor:

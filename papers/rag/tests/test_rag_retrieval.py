@@ -1,7 +1,7 @@
 """Retrieval on tiny corpora: BM25 (bm25s) against the readable formula; the real pretrained all-MiniLM-L6-v2
 against sentence-transformers; the flat faiss index against brute-force inner products, HNSW's recall against
-flat, index save/load, the 2016 -> 2018 index hot-swap with the query encoder untouched, and doc scores that
-train the query encoder only."""
+flat, index save/load, the 2016 -> 2018 index hot-swap with the query encoder untouched, doc scores that train
+the query encoder only, and the generator's RAG loss reaching the query encoder through them."""
 
 import copy
 
@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from common.errors import PaperzooError
+from common.models import zoo
 from papers.rag.knowledge import build_knowledge_base
+from papers.rag.model import join_inputs, pad_rows, rag_loss
 from papers.rag.retrieval import (
     BM25Retriever,
     DenseIndex,
@@ -179,3 +181,28 @@ def test_bad_inputs_are_one_line_errors(encoder, vectors, tmp_path):
         DenseIndex.load(tmp_path / "missing.faiss")
     with pytest.raises(PaperzooError, match="the index holds 8-d vectors"):
         DenseRetriever(encoder, DenseIndex.build(np.eye(8, dtype=np.float32)))
+
+
+def test_the_generator_loss_trains_the_query_encoder_through_retrieval(encoder, vectors):
+    """Sec. 2.4 end to end: retrieve k passages, d(z)^T q(x) as doc scores, [x ; sep ; z] into a tiny zoo
+    Transformer, the RAG-Token loss on the answer; its gradient reaches the generator and the query encoder."""
+    pad, bos, eos, sep = 0, 1, 2, 3
+
+    def ids(text):  # bytes as tokens, after the four specials
+        return [4 + c for c in text.encode()]
+
+    query_encoder = copy.deepcopy(encoder)
+    retriever = DenseRetriever(query_encoder, DenseIndex.build(vectors["2016"]))
+    questions = ONE_HOP[:2]
+    found, _ = retriever.search([q.text for q in questions], 3)
+    doc_scores = retriever.doc_scores([q.text for q in questions], found)  # (B, K)
+    passages = [[ids(KB.passages("2016")[z].text) for z in row] for row in found.tolist()]
+    src = join_inputs([ids(q.text) for q in questions], passages, sep, pad, max_len=96)  # (B, K, S)
+    tgt_in = pad_rows([[bos, *ids(q.answers["2016"])] for q in questions], pad)
+    tgt_out = pad_rows([[*ids(q.answers["2016"]), eos] for q in questions], pad)
+    torch.manual_seed(0)
+    tiny = {"d_model": 16, "n_heads": 2, "d_ff": 32, "n_layers": 1, "dropout": 0.0, "pad_id": pad}
+    generator = zoo.build("transformer", tiny, vocab_size=4 + 256)
+    rag_loss(generator, src, doc_scores, tgt_in, tgt_out, "token").backward()
+    assert generator.embed.weight.grad.abs().sum() > 0
+    assert query_encoder.bert.encoder.layer[5].output.dense.weight.grad.abs().sum() > 0
