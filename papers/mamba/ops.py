@@ -194,7 +194,8 @@ def _chunked(t: torch.Tensor, K: int, T: int) -> torch.Tensor:
 def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
 ):
-    """Same contract as ``selective_scan_ref``; fused CUDA kernel if available, else the chunked scan."""
+    """Same contract as ``selective_scan_ref``; fused CUDA kernel if available, else the chunked scan
+    (``inference_scan`` when no input needs a gradient)."""
     if _fused_selective_scan is not None and u.is_cuda and u.dtype != torch.float64:
         return _fused_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     dtype_in, dtype = u.dtype, _compute_dtype(u.dtype)
@@ -251,7 +252,7 @@ def inference_scan(u, delta, A, B, C, block: int = INFERENCE_BLOCK):
         h = hs[-1, -1]  # (batch, n, d)   the padded steps past the end have Δ = 0: h unchanged
         y = _sum_n(hs, states(C))  # (T, K, batch, d)   Eq. 2b
         ys.append(y.transpose(0, 1).reshape(K * T, batch, d)[: piece.stop - start])
-    return torch.cat(ys).permute(1, 2, 0).contiguous(), h  # (batch, d, L), (batch, n, d)
+    return torch.cat(ys).permute(1, 2, 0).contiguous(), h.clone()  # (batch, d, L), (batch, n, d): not a view
 
 
 # ---- convolution mode of a time-invariant SSM (Eq. 3a, 3b) ---------------------------------------------
