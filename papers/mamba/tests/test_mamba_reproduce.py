@@ -49,7 +49,7 @@ def test_curricula_set_the_step_count():
     paper = load_paper("mamba")
     runs = {r.key: r for r in paper.plan(load_config(paper.schema, paper.path / "configs", ["scale=cpu"]))}
     assert runs["induction_heads/mamba"].train.max_steps == 900
-    assert runs["induction_heads/mha_abs"].train.max_steps == 2500 + 500 + 500 + 1200
+    assert runs["induction_heads/mha_abs"].train.max_steps == 2500 + 500 + 500 + 400
     assert (
         runs["induction_heads/mha_abs"].params["stages"] == "2500x8+shift 500x16+shift 500x32+shift 1200x64"
     )
