@@ -50,9 +50,7 @@ def test_curricula_set_the_step_count():
     runs = {r.key: r for r in paper.plan(load_config(paper.schema, paper.path / "configs", ["scale=cpu"]))}
     assert runs["induction_heads/mamba"].train.max_steps == 900
     assert runs["induction_heads/mha_abs"].train.max_steps == 2500 + 500 + 500 + 400
-    assert (
-        runs["induction_heads/mha_abs"].params["stages"] == "2500x8+shift 500x16+shift 500x32+shift 400x64"
-    )
+    assert runs["induction_heads/mha_abs"].params["stages"] == "2500x8+shift 500x16+shift 500x32+shift 400x64"
     assert runs["induction_heads/mha_abs"].data.stages[0] == CurriculumStage(8, 2500, 256, shift=True)
     assert runs["induction_heads/mamba"].params["stages"] == "400x64 300x1024 200x2048"
     assert runs["induction_heads/mamba"].data.stages == (
