@@ -191,6 +191,12 @@ def _chunked(t: torch.Tensor, K: int, T: int) -> torch.Tensor:
     return t.view(K, T, *t.shape[1:]).transpose(0, 1).contiguous()
 
 
+def _unchunked(y: torch.Tensor, length: int) -> torch.Tensor:
+    """The inverse of ``_chunked`` for an output: (T, K, batch, c) -> (L, batch, c), the padding dropped."""
+    T, K = y.shape[:2]
+    return y.transpose(0, 1).reshape(K * T, *y.shape[2:])[:length]
+
+
 def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
 ):
@@ -199,7 +205,7 @@ def selective_scan(
     if _fused_selective_scan is not None and u.is_cuda and u.dtype != torch.float64:
         return _fused_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     dtype_in, dtype = u.dtype, _compute_dtype(u.dtype)
-    batch, d, length = u.shape
+    length = u.shape[-1]
     u, A, B, C = u.to(dtype), A.to(dtype), B.to(dtype), C.to(dtype)
     delta = _softplus_delta(delta, delta_bias, delta_softplus, dtype)  # (batch, d, L)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C)):
@@ -208,7 +214,7 @@ def selective_scan(
             _chunked(delta, K, T), _chunked(u, K, T), A.t().contiguous(), _state_layout(B, K, T),
             _state_layout(C, K, T),
         )  # fmt: skip
-        y = y.transpose(0, 1).reshape(K * T, batch, d)[:length].permute(1, 2, 0).contiguous()  # (batch, d, L)
+        y = _unchunked(y, length).permute(1, 2, 0).contiguous()  # (batch, d, L)
     else:
         y, last_state = inference_scan(u, delta, A, B, C)
     out = _skip_and_gate(y, u, D, z).to(dtype_in)
@@ -238,22 +244,17 @@ def inference_scan(u, delta, A, B, C, block: int = INFERENCE_BLOCK):
     call adds 0.27 GB to the peak memory instead of 2.3 GB. Speed: the same where the allocator reuses big
     blocks (nox's MALLOC_* settings; bench.py), 1.5x faster (2.15 vs 3.19 s, one Intel Xeon thread) where it
     maps fresh pages for every big tensor (glibc's defaults)."""
-    batch, d, length = u.shape
+    length = u.shape[-1]
     A_t, h, ys = A.t().contiguous(), None, []  # A_t (n, d)
     for start in range(0, length, block):
-        piece = slice(start, min(start + block, length))
-        T, K = _chunk_shape(piece.stop - start)
-
-        def chunked(t, piece=piece, K=K, T=T):  # (batch, c, L) -> this block in the chunked layout
-            return _chunked(t[..., piece], K, T)
-
-        def states(M, piece=piece, K=K, T=T):
-            return _state_layout(M[..., piece] if M.dim() == 3 else M, K, T)
-
-        _, hs, _ = _chunked_states(chunked(delta), chunked(u), A_t, states(B), h)  # (T, K, batch, n, d)
+        stop = min(start + block, length)
+        T, K = _chunk_shape(stop - start)
+        B_blk, C_blk = (M[..., start:stop] if M.dim() == 3 else M for M in (B, C))  # (d, n): time-invariant
+        blk_delta, blk_u = _chunked(delta[..., start:stop], K, T), _chunked(u[..., start:stop], K, T)
+        _, hs, _ = _chunked_states(blk_delta, blk_u, A_t, _state_layout(B_blk, K, T), h)  # hs (T, K, b, n, d)
         h = hs[-1, -1]  # (batch, n, d)   the padded steps past the end have Δ = 0: h unchanged
-        y = _sum_n(hs, states(C))  # (T, K, batch, d)   Eq. 2b
-        ys.append(y.transpose(0, 1).reshape(K * T, batch, d)[: piece.stop - start])
+        y = _sum_n(hs, _state_layout(C_blk, K, T))  # (T, K, batch, d)   Eq. 2b
+        ys.append(_unchunked(y, stop - start))  # (steps, batch, d)
     return torch.cat(ys).permute(1, 2, 0).contiguous(), h.clone()  # (batch, d, L), (batch, n, d): not a view
 
 
