@@ -37,14 +37,56 @@ def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: float = 300, env: dict |
                           env=full_env)  # fmt: skip
 
 
+_STORE_TEMPLATE: list[Path] = []  # this process's empty MLflow store, made once (``seed_store``)
+
+
+def seed_store(root: Path) -> Path:
+    """Put an empty, fully created MLflow store at ``lab_env(root)``'s ``mlflow.db`` unless one is there; its path.
+
+    Creating a SQLite store runs MLflow's schema migrations (3-6 s on 2 cores) in every test that trains into a
+    fresh store. The first call creates one store through ``common.tracking.client`` (the lab's own path) in a
+    private folder; every call copies that file, the bytes a fresh store would have. Only for a test's setup:
+    a test of the store's creation, or of a command that must log nothing, does not seed its store."""
+    import atexit
+    import shutil
+    import tempfile
+
+    target = root / "mlflow.db"
+    if target.exists():
+        return target
+    if not _STORE_TEMPLATE:
+        from common.tracking import client
+
+        folder = Path(tempfile.mkdtemp(prefix="paperzoo-store-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        client(f"sqlite:///{folder / 'mlflow.db'}")
+        _STORE_TEMPLATE.append(folder / "mlflow.db")
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_STORE_TEMPLATE[0], target)
+    return target
+
+
 def reproduce_in(root: Path, *args: str) -> int:
-    """``python -m common.reproduce <args>`` run in this process, into the store of ``lab_env(root)``; the exit
-    status. For a test's setup and checks, where the command line itself is not under test: a new interpreter
-    costs ~10 s of imports (torch, MLflow, torch._dynamo) before the first step."""
+    """``python -m common.reproduce <args>`` run in this process, into the store of ``lab_env(root)`` (seeded
+    first: ``seed_store``); the exit status. For a test's setup and checks, where the command line itself is not
+    under test: a new interpreter costs ~10 s of imports (torch, MLflow, torch._dynamo) before the first step."""
     from common.reproduce import main
 
+    seed_store(root)
     with env_vars(lab_env(root)):
         return main(list(args))
+
+
+def reproduce_main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``common.reproduce.main(args)`` in this process, as ``run_cli("-m", "common.reproduce", *args)`` reports it:
+    the exit status and what ``capsys`` caught. For more bad inputs of a command whose one-line error a test has
+    already checked through a real interpreter (``run_cli``), without ~3 s of imports for each."""
+    from common.reproduce import main
+
+    capsys.readouterr()  # only this call's output
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["common.reproduce", *args], code, out, err)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:

@@ -109,13 +109,19 @@ def autocast_context(device: torch.device, precision: str):
 
 # ---- optimisation --------------------------------------------------------------------------
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """Matrices decay; biases, norms and parameters flagged ``_no_weight_decay`` do not."""
-    decay, no_decay = [], []
+    """Matrices decay; biases, norms and parameters flagged ``_no_weight_decay`` do not. A parameter with an
+    ``_lr_scale`` attribute trains at that multiple of the learning rate (e.g. a pretrained encoder fine-tuned
+    beside a model trained from scratch)."""
+    grouped: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.dim() < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = not (p.dim() < 2 or getattr(p, "_no_weight_decay", False))
+        grouped.setdefault((decays, getattr(p, "_lr_scale", 1.0)), []).append(p)
+    groups = [{"params": grouped.get((True, 1.0), []), "weight_decay": cfg.weight_decay},
+              {"params": grouped.get((False, 1.0), []), "weight_decay": 0.0}]  # fmt: skip
+    groups += [{"params": params, "weight_decay": cfg.weight_decay if decays else 0.0, "lr": cfg.lr * scale}
+               for (decays, scale), params in grouped.items() if scale != 1.0]  # fmt: skip
     kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
     if device.type == "cuda":
         kwargs["fused"] = True

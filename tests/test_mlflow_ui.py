@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from common.paths import REPO_ROOT
-from common.testing import lab_env
+from common.testing import lab_env, seed_store
 
 
 def free_port() -> int:
@@ -36,6 +36,7 @@ def port_in_use(port: int) -> bool:
 @pytest.mark.slow
 def test_sigterm_to_nox_stops_the_server(tmp_path):
     port = free_port()
+    seed_store(tmp_path)  # an existing store, as the lab's usually is: the server skips the schema migrations
     nox = subprocess.Popen([sys.executable, "-m", "nox", "-s", "mlflow-ui", "--", "--port", str(port)],
                            cwd=REPO_ROOT, env={**os.environ, **lab_env(tmp_path)},
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -44,7 +45,7 @@ def test_sigterm_to_nox_stops_the_server(tmp_path):
         while not answers(port):
             assert nox.poll() is None, "nox -s mlflow-ui exited before the server answered"
             assert time.time() < deadline, "the MLflow server did not answer /health within 90 s"
-            time.sleep(0.5)
+            time.sleep(0.1)
         nox.send_signal(signal.SIGTERM)
         nox.wait(timeout=15)
         deadline = time.time() + 5

@@ -13,7 +13,7 @@ import torch
 
 from common.errors import PaperzooError, TrainingDiverged
 from common.paths import REPO_ROOT
-from common.testing import lab_env, reproduce_in
+from common.testing import lab_env, reproduce_in, seed_store
 from common.tracking import client
 from common.workers import Job, run_jobs
 
@@ -101,6 +101,7 @@ def test_a_killed_reproduction_leaves_no_worker_and_no_run_running(tmp_path):
     """SIGKILL to the parent: its workers get SIGTERM from the kernel (a SIGTERM to the parent sends them
     the same through ``run_jobs``), and each ends its run KILLED."""
     env = {**os.environ, **lab_env(tmp_path), "OMP_NUM_THREADS": "2"}
+    seed_store(tmp_path)  # the store's schema migrations run here, once per session, not before the workers
     proc = subprocess.Popen(
         [sys.executable, "-m", "common.reproduce", "template", "scale=smoke", "progress=false", "workers=2",
          "train.max_steps=1000000", "train.ckpt_every=50"],

@@ -9,9 +9,12 @@ their experiments need and nothing a pretrained model could already know (the na
   founding year and chief executive), some of them other entities;
 * one fact-bearing passage per entity, plus ``distractors`` passages per entity that share its name and the
   words of its facts but state wrong values (hard negatives for BM25 and dense retrieval alike);
-* questions from templates: one per (entity, attribute), and two-hop questions whose answer needs two
-  passages (Sec. 4, "the answer is spread over documents"); each phrased either with a seen template or with a
-  held-out paraphrase that shares no content word with its passage (``paraphrase``);
+* questions from templates: one per (entity, attribute); two-hop ("bridge") questions whose answer is in the
+  passage of an entity that the subject's passage names; and "pair" questions about two entities of a kind,
+  whose answer joins a fact of each, "<value of a> and <value of b>" (Sec. 4.3: an output that combines
+  content from several documents, which RAG-Token can draw from one document per token). Each is phrased
+  either with a seen template or with a held-out paraphrase that shares no content word with its passages
+  (``paraphrase``);
 * splits: ``train`` and ``test`` split by question (a fact asked in test is never asked in train), and
   ``unseen_entity``: every question about a held-out set of subject entities;
 * two index versions, "2016" and "2018" (the index hot-swap of Sec. 4.5): in 2018 a chosen set of mutable
@@ -20,7 +23,7 @@ their experiments need and nothing a pretrained model could already know (the na
 
 Everything follows from ``seed`` (Python's ``random.Random``), so two builds with one seed are identical.
 Sizes: ``n_entities`` entities -> n_entities * (1 + distractors) passages per version and about 4.1 questions
-per entity.
+per entity, plus ``pair_fraction`` pair questions per entity.
 """
 
 from __future__ import annotations
@@ -80,6 +83,13 @@ TEMPLATES = {
     ("organisation", ("ceo", "born_in")): (["Where was the chief executive of {s} born?"],
                                            ["Which town is the hometown of the person who runs {s}?"]),
 }  # fmt: skip
+# pair questions: (kind, relation) -> (seen phrasings, held-out paraphrases); {a}, {b}: the two names
+PAIR_TEMPLATES = {
+    ("person", "born_in"): (["Where were {a} and {b} born?"], ["Which towns are the hometowns of {a} and {b}?"]),
+    ("place", "country"): (["In which countries are {a} and {b}?"], ["What nations do {a} and {b} belong to?"]),
+    ("organisation", "headquarters"): (["Where are {a} and {b} headquartered?"],
+                                       ["In which towns do {a} and {b} keep their main offices?"]),
+}  # fmt: skip
 
 PROFESSIONS = ["cartographer", "glassblower", "archivist", "botanist", "engineer", "luthier", "surveyor",
                "chemist", "weaver", "astronomer", "translator", "clockmaker"]  # fmt: skip
@@ -115,10 +125,16 @@ class Question:
     paraphrase: bool  # a held-out phrasing
     answers: dict[str, str]  # version -> answer text
     evidence: dict[str, tuple[int, ...]]  # version -> the passages that state the answer, in hop order
+    partner: int | None = None  # a pair question's second entity (its answer: "<subject's> and <partner's>")
 
     @property
     def hops(self) -> int:
         return len(self.relations)
+
+    @property
+    def kind(self) -> str:
+        """single (one passage), bridge (two hops) or pair (one fact of each of two entities)."""
+        return "pair" if self.partner is not None else "bridge" if self.hops == 2 else "single"
 
 
 @dataclass
@@ -261,6 +277,15 @@ def _question(kb, rng, qid, e, relations, split) -> Question:
     return Question(qid, text, split, e.id, relations, paraphrase, answers, evidence)
 
 
+def _pair_question(kb, rng, qid, e, partner, relation, split) -> Question:
+    answers = {v: f"{kb.text(v, e.id, relation)} and {kb.text(v, partner.id, relation)}" for v in VERSIONS}
+    seen, held_out = PAIR_TEMPLATES[e.kind, relation]
+    paraphrase = split != "train" and rng.random() < 0.5
+    text = rng.choice(held_out if paraphrase else seen).format(a=e.name, b=partner.name)
+    evidence = {v: (e.id, partner.id) for v in VERSIONS}
+    return Question(qid, text, split, e.id, (relation,), paraphrase, answers, evidence, partner.id)
+
+
 def build_knowledge_base(
     n_entities: int = 3000,
     seed: int = 0,
@@ -269,10 +294,11 @@ def build_knowledge_base(
     test_fraction: float = 0.2,
     change_fraction: float = 0.1,
     two_hop_fraction: float = 0.3,
+    pair_fraction: float = 0.2,
     n_countries: int = 12,
 ) -> KnowledgeBase:
     """The knowledge base; passage ids 0 .. n_entities - 1 are the entities' fact passages (entity i's is i),
-    then ``distractors`` passages per entity; questions in order of their subject entity."""
+    then ``distractors`` passages per entity; questions in order of their subject entity, then the pairs."""
     if n_entities < 2 * len(KINDS):
         raise PaperzooError(f"n_entities must be at least {2 * len(KINDS)}; got {n_entities}")
     rng = random.Random(seed)
@@ -299,4 +325,21 @@ def build_knowledge_base(
         for relations in paths:
             split = "unseen_entity" if e.id in unseen else "test" if rng.random() < test_fraction else "train"
             kb.questions.append(_question(kb, rng, len(kb.questions), e, relations, split))
+    # a pair question asks facts whose one-hop questions are in its split: a fact asked in test is never in train
+    split_of = {(q.subject, q.relations): q.split for q in kb.questions if q.hops == 1}
+    relation_of = {kind: relation for kind, relation in PAIR_TEMPLATES}
+    pool: dict[
+        tuple[str, str], list[int]
+    ] = {}  # (kind, split) -> the entities whose pair fact is in that split
+    for e in entities:
+        pool.setdefault((e.kind, split_of[e.id, (relation_of[e.kind],)]), []).append(e.id)
+    for e in entities:
+        relation = relation_of[e.kind]
+        split = split_of[e.id, (relation,)]
+        partners = pool[e.kind, split]
+        if len(partners) > 1 and rng.random() < pair_fraction:
+            partner = entities[e.id]
+            while partner.id == e.id:
+                partner = entities[rng.choice(partners)]
+            kb.questions.append(_pair_question(kb, rng, len(kb.questions), e, partner, relation, split))
     return kb

@@ -19,6 +19,12 @@ Shapes (B inputs, K documents each, S source and T target positions, V vocabular
 
 The generator is any module with the Transformer's ``logits(src (N, S), tgt_in (N, T)) -> (N, T, V)`` and
 ``cfg.pad_id`` (``zoo.build("transformer", cfg, vocab_size=...)``); decode.py adds its incremental calls.
+
+``RagModel`` is what a run trains: the generator, and with the dense retriever the query encoder BERT_q over the
+index of one version of the knowledge (``use_index``: the hot-swap of Sec. 4.5), ``model(batch) -> loss`` for the
+lab's loop with ``batch = {"example": (B,)}`` (ids of papers/rag/data.py's examples). ``retriever="bm25"`` puts
+BM25 in its place (Table 6, BM25 scores as the logits of p(z | x)); ``"none"`` is the closed-book generator of the
+same size (the input alone, K = 1). The document encoder and the indexes stay frozen (Sec. 2.4).
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+from common.decoding import greedy
 from common.errors import PaperzooError
 from papers.rag.marginal import rag_sequence_nll, rag_token_nll
 
 VARIANTS = {"sequence": rag_sequence_nll, "token": rag_token_nll}
+RETRIEVERS = ("dense", "bm25", "none")
 
 
 def pad_rows(rows: list[list[int]], pad_id: int) -> torch.Tensor:
@@ -72,3 +80,104 @@ def rag_loss(
     logits = generator_logits(generator, src, tgt_in)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp16 / bf16 -> fp32; fp64 stays
     return VARIANTS[variant](doc_scores, logits, tgt_out, tgt_out != generator.cfg.pad_id)
+
+
+class RagModel(nn.Module):
+    """RAG-Sequence or RAG-Token (``variant``) over ``k`` passages from ``retriever`` (dense | bm25 | none).
+
+    data: papers/rag/data.py's RagData. Dense retrieval scores are ``score_scale`` * cosine (the MiniLM vectors are
+    unit length; DPR's unnormalised inner products are tens apart, a softmax over cosines would be near uniform).
+    Only the top ``query_layers`` layers of BERT_q train (all of them: 6), to fit the CPU budget, and only from the
+    ``query_start``-th training pass on: our generator starts from scratch (BART is pretrained in the paper), and
+    until it reads the passages the doc scores' gradient is noise that Adam's normalised steps would turn into a
+    random walk of BERT_q (measured: recall@1 fell from 98% to 1% in 300 steps from step 0).
+    """
+
+    def __init__(self, generator: nn.Module, data, retriever: str = "dense", variant: str = "sequence", k: int = 5,
+                 score_scale: float = 20.0, query_layers: int = 6, max_answer_len: int = 16,
+                 query_start: int = 0):  # fmt: skip
+        super().__init__()
+        if variant not in VARIANTS or retriever not in RETRIEVERS:
+            raise PaperzooError(f"RagModel: variant {variant!r} ({', '.join(VARIANTS)}), retriever {retriever!r} "
+                                f"({', '.join(RETRIEVERS)})")  # fmt: skip
+        self.generator, self.data, self.retriever_kind, self.variant = generator, data, retriever, variant
+        self.k, self.score_scale, self.max_answer_len = (
+            (1 if retriever == "none" else k),
+            score_scale,
+            max_answer_len,
+        )
+        self.version, self.dense, self.query_start = "2016", None, query_start
+        self.register_buffer("training_passes", torch.zeros((), dtype=torch.long))  # saved: a resume keeps it
+        if retriever == "dense":
+            from papers.rag.retrieval import DenseRetriever, minilm_encoder
+
+            self.dense = DenseRetriever(minilm_encoder(), data.dense_index(self.version))
+            self.query_encoder = self.dense.query_encoder  # a submodule: trained and saved with the generator
+            bert = self.query_encoder.bert
+            frozen = [bert.embeddings, *bert.encoder.layer[: len(bert.encoder.layer) - query_layers]]
+            for module in frozen:
+                module.requires_grad_(False)
+
+    def use_index(self, version: str) -> None:
+        """Hot-swap (Sec. 4.5): retrieve from ``version``'s index from now on; no weight changes."""
+        self.version = version
+        if self.dense is not None:
+            self.dense.swap_index(self.data.dense_index(version))
+
+    def retrieve(self, examples: list[int], k: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """ids (B, k) of the passages and their doc scores (B, k), differentiable in BERT_q; closed book: None, 0."""
+        if self.retriever_kind == "none":  # the only kind that trains on reading (cloze) examples too
+            return None, torch.zeros(len(examples), 1)
+        texts = [self.data.kb.questions[i].text for i in examples]
+        if self.retriever_kind == "bm25":
+            return self.data.bm25(self.version).search(texts, k)
+        ids, scores = self.dense.retrieve(texts, k)
+        return ids, self.score_scale * scores
+
+    def sources(self, examples: list[int], ids: torch.Tensor | None) -> torch.Tensor:
+        """src (B, K, S): [x ; sep ; z_k] of the ``version`` index's passages ``ids`` (B, K); closed book [x ; sep]."""
+        questions = [self.data.source_ids[i] for i in examples]
+        table = self.data.passage_ids[self.version]
+        passages = (
+            [[[]] for _ in examples] if ids is None else [[table[j] for j in row] for row in ids.tolist()]
+        )
+        return join_inputs(
+            questions, passages, self.data.sep_id, self.data.pad_id, self.data.cfg.max_source_len
+        )
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        examples = batch["example"].tolist()
+        device = batch["example"].device
+        query_trains = self.training and int(self.training_passes) >= self.query_start
+        self.training_passes += int(self.training)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and query_trains):
+            ids, scores = self.retrieve(examples, self.k)
+        tgt_in, tgt_out = self.data.targets(examples)
+        src = self.sources(examples, ids)
+        return rag_loss(self.generator, src.to(device), scores.to(device), tgt_in.to(device), tgt_out.to(device),
+                        self.variant)  # fmt: skip
+
+    @torch.no_grad()
+    def answer(self, examples: list[int], k: int | None = None, batch_size: int = 32) -> list[str]:
+        """The decoded answers (Sec. 2.5, greedy as the paper for QA): RAG-Token's greedy search over the mixture
+        of Eq. 2; RAG-Sequence's Thorough Decoding with one greedy hypothesis per document, ranked by Eq. 1."""
+        from papers.rag.decode import RagTokenDecoder, rag_sequence_decode
+
+        d = self.data
+        device = next(self.generator.parameters()).device
+        out: list[str] = []
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            ids, scores = self.retrieve(chunk, k or self.k)
+            src, scores = self.sources(chunk, ids).to(device), scores.to(device)
+            if self.variant == "token" or ids is None:
+                found = greedy(
+                    RagTokenDecoder(self.generator, self.max_answer_len), (src, scores), d.bos_id, d.eos_id
+                )
+            else:
+                n_best = rag_sequence_decode(
+                    self.generator, src, scores, d.bos_id, d.eos_id, self.max_answer_len, 1
+                )
+                found = [hyps[0][0] for hyps in n_best]
+            out += [d.decode(tokens) for tokens in found]
+        return out

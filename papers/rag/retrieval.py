@@ -246,6 +246,13 @@ class DenseRetriever:
     def search(self, queries: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.index.search(self.query_encoder.encode(queries), k)
 
+    def retrieve(self, queries: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``search`` with one pass of the query encoder whose scores d(z)^T q(x) (Q, k) keep their gradient
+        (training, Sec. 2.4); the ids (Q, k) come from the index, best first."""
+        q = self.query_encoder(queries)  # (Q, d)
+        ids, _ = self.index.search(q.detach().float().cpu().numpy(), k)
+        return ids, torch.einsum("qkd,qd->qk", self.index.vectors(ids).to(q), q)
+
     def doc_scores(self, queries: list[str], ids: torch.Tensor) -> torch.Tensor:
         """d(z)^T q(x) (Q, k) of the passages ``ids`` (Q, k), differentiable in the query encoder only: the
         doc scores of RAG's marginal (papers/rag/marginal.py) through which BERT_q is trained (Sec. 2.4)."""

@@ -5,7 +5,7 @@ import pytest
 from common.config import load_config
 from common.data.synthetic import CurriculumStage
 from common.experiment import load_paper
-from common.testing import assert_one_line_error, run_cli, smoke_reproduction
+from common.testing import assert_one_line_error, reproduce_main, run_cli, smoke_reproduction
 
 
 @pytest.mark.slow
@@ -30,19 +30,18 @@ def test_unknown_variant_is_a_one_line_error(lab):
     assert_one_line_error(result, "unknown selective_copying.variants", "s6")
 
 
-def test_bad_curriculum_stage_is_a_one_line_error(lab):
+def test_bad_curriculum_stage_is_a_one_line_error(lab, capsys):
     result = run_cli(
         "-m", "common.reproduce", "mamba", "scale=smoke", "induction_heads.mamba_stages=[{length: 64, steps: 0}]"
     )  # fmt: skip
     assert_one_line_error(result, "induction_heads.mamba_stages[0]", "steps >= 1")
-    for stage, needle in (
+    for stage, needle in (  # the same command line, checked once above: these in this process
         ("{length: 2, steps: 5}", "length >= n_data (4)"),
         ("{length: 32, steps: 5, shift: true}", "no first or shift"),
     ):
-        result = run_cli(
-            "-m", "common.reproduce", "mamba", "scale=smoke", f"selective_copying.stages=[{stage}]"
-        )
+        result = reproduce_main(capsys, "mamba", "scale=smoke", f"selective_copying.stages=[{stage}]")
         assert_one_line_error(result, "selective_copying.stages[0]", needle)
+    assert not (lab / "runs").exists() and not (lab / "mlflow.db").exists()  # nothing trained or logged
 
 
 def test_curricula_set_the_step_count():

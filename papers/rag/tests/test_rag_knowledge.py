@@ -42,13 +42,16 @@ def test_sizes_and_passage_ids(kb):
         assert all(p.fact_bearing == (p.id < N) for p in passages)
     assert {e.kind for e in kb.entities} == {"person", "place", "organisation"}
     assert len({e.name for e in kb.entities}) == N
+    assert {q.kind for q in kb.questions} == {"single", "bridge", "pair"}
     assert {q.hops for q in kb.questions} == {1, 2}
 
 
 def test_splits_are_disjoint(kb):
     splits = {name: kb.split(name) for name in SPLITS}
     assert sum(len(qs) for qs in splits.values()) == len(kb.questions) and all(splits.values())
-    asked = {name: {(q.subject, q.relations) for q in qs} for name, qs in splits.items()}
+    asked = {name: {(e, q.relations) for q in qs for e in q.evidence["2016"][:1] + ((q.partner,) if q.partner
+                                                                                   is not None else ())}
+             for name, qs in splits.items()}  # fmt: skip
     assert not asked["train"] & asked["test"]  # a fact asked in test is never asked in train
     subjects = {name: {q.subject for q in qs} for name, qs in splits.items()}
     assert not subjects["unseen_entity"] & (subjects["train"] | subjects["test"])
@@ -77,8 +80,14 @@ def test_every_answer_is_in_its_evidence_and_bridges_chain(kb):
         passages = kb.passages(v)
         for q in kb.questions:
             evidence = q.evidence[v]
-            assert len(evidence) == q.hops and evidence[0] == q.subject
+            assert len(evidence) == (2 if q.kind == "pair" else q.hops) and evidence[0] == q.subject
             assert kb.entities[q.subject].name in passages[evidence[0]].text
+            if q.kind == "pair":  # "<a's value> and <b's value>", each from its own passage
+                assert q.subject != q.partner == evidence[1]
+                assert kb.entities[q.subject].kind == kb.entities[q.partner].kind
+                first, second = q.answers[v].split(" and ")
+                assert first in passages[evidence[0]].text and second in passages[evidence[1]].text
+                continue
             assert q.answers[v] in passages[evidence[-1]].text
             if q.hops == 2:  # the bridge entity is named in the first passage
                 assert kb.entities[evidence[1]].name in passages[evidence[0]].text
@@ -87,7 +96,7 @@ def test_every_answer_is_in_its_evidence_and_bridges_chain(kb):
 def test_distractors_share_the_name_but_hold_no_answer(kb):
     passages = kb.passages("2016")
     for q in kb.questions:
-        if q.hops != 1:
+        if q.kind != "single":
             continue
         for p in passages[N:]:
             if p.entity == q.subject:
@@ -101,12 +110,15 @@ def test_paraphrases_share_no_content_word_with_their_passage(kb):
         return set(re.findall(r"[a-z]+", text.lower())) - STOPWORDS
 
     def shared(q):
-        name = words(kb.entities[q.subject].name)
-        return (words(q.text) - name) & (words(kb.passages("2016")[q.subject].text) - name)
+        subjects = [q.subject] + ([q.partner] if q.kind == "pair" else [])
+        names = set().union(*(words(kb.entities[e].name) for e in subjects))
+        passages = set().union(*(words(kb.passages("2016")[e].text) for e in subjects))
+        return (words(q.text) - names) & (passages - names)
 
-    one_hop = [q for q in kb.questions if q.hops == 1]
-    assert all(not shared(q) for q in one_hop if q.paraphrase)
-    assert any(shared(q) for q in one_hop if not q.paraphrase)  # e.g. "born", "founded": the check can fail
+    for kind in ("single", "pair"):
+        asked = [q for q in kb.questions if q.kind == kind]
+        assert all(not shared(q) for q in asked if q.paraphrase)
+        assert any(shared(q) for q in asked if not q.paraphrase)  # e.g. "born", "founded": the check can fail
 
 
 def test_bad_arguments_are_one_line_errors(kb):

@@ -28,7 +28,7 @@ pytest.importorskip("bm25s")
 pytest.importorskip("faiss")
 
 KB = build_knowledge_base(20, seed=0)  # 20 entities: 40 passages per version, 2 facts change in 2018
-ONE_HOP = [q for q in KB.questions if q.hops == 1]
+ONE_HOP = [q for q in KB.questions if q.kind == "single"]
 
 
 def texts(version="2016"):
