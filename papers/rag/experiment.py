@@ -117,3 +117,42 @@ def plan(cfg: Config) -> list[Run]:
                             lambda a=(retriever, variant, trains_query): build(*a),
                             reading_task if retriever == "none" else common_task, train, params, section="qa"))  # fmt: skip
     return runs
+
+
+def figures(mlflow_client, runs: dict, folder) -> list[tuple[str, str]]:
+    """Fig. 3's sweep over the documents retrieved at test time: exact match against k of every retrieval run, and
+    recall@k of the answering passage (dense vs BM25, paraphrased vs word-overlap questions); seed means."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_variant: dict[str, list[dict[str, float]]] = {}
+    for (task, variant, _seed), run in sorted(runs.items()):
+        if task == "qa" and any(name.startswith("k1") or name == "k/em_gain" for name in run.data.metrics):
+            by_variant.setdefault(variant, []).append(run.data.metrics)
+    if not by_variant:
+        return []
+
+    def curve(metrics: list[dict[str, float]], name: str) -> tuple[list[int], list[float]]:
+        ks = sorted(
+            {int(m.split("/")[0][1:]) for r in metrics for m in r if m[0] == "k" and m[1:2].isdigit()}
+        )
+        ks = [k for k in ks if all(name.format(k=k) in r for r in metrics)]
+        return ks, [sum(r[name.format(k=k)] for r in metrics) / len(metrics) for k in ks]
+
+    fig, (em_ax, recall_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for variant, metrics in by_variant.items():
+        em_ax.plot(*curve(metrics, "k{k}/em"), marker="o", label=variant)
+        for phrasing, style in (("paraphrase", "-"), ("overlap", "--")):
+            recall_ax.plot(*curve(metrics, "test/recall_at_{k}_" + phrasing), style, marker="o",
+                           label=f"{variant}, {phrasing}")  # fmt: skip
+    for ax, label in ((em_ax, "test exact match"), (recall_ax, "recall@k of the answering passage")):
+        ax.set_xscale("log")
+        ax.set_xlabel("k, documents retrieved at test time")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "k_sweep.png", dpi=120)
+    plt.close(fig)
+    return [("Fig. 3: exact match and recall against the number of retrieved documents", "k_sweep.png")]
