@@ -16,36 +16,47 @@ Sec. 3: a FAISS index with the HNSW approximation; Sec. 2.4: training updates th
        other copy plus Gaussian noise whose norm is the median distance from a sample vector to its nearest
        other one (so that a copy lies about as far from its source as real passages lie from each other), then
        renormalised. The report says which, per size.
-    3. One training step with K = 5 retrieved passages, RAG-Sequence (Eq. 1) and RAG-Token (Eq. 2): B = 16
-       training questions; the query encoder (a trainable copy of MiniLM, dropout on) retrieves the top K from
-       the flat index of the smallest size (``DenseRetriever.search``) and gives the doc scores d(z)^T q(x) with
-       their gradient (``DenseRetriever.doc_scores``); the generator, the zoo's ``transformer`` (d_model 128, 4
-       heads, d_ff 256, 2 layers, dropout 0.1), reads [x ; sep ; z] (``join_inputs``, cut at 48 tokens) and
-       scores the answer (``rag_loss``); backward, then one AdamW step over both. Tokens for the generator:
-       MiniLM's WordPiece vocabulary (30,522; [CLS] as bos, [SEP] as sep and eos, [PAD]), the tokenizer the
-       library's generator does not have yet. Timed apart, taking turns with the whole steps (``timed``):
-       retrieval (query encoding without gradient and the flat search), the query encoder's forward + backward
-       through the doc scores, the generator's forward + backward through ``rag_loss`` (doc scores fixed);
-       the rest of a step is the optimizer.
+    3. One training step of the runs a preset of ``nox -s reproduce-rag`` trains (default ``cpu``; ``--preset``,
+       ``--override``): the config resolved as the reproduction resolves it (``load_config``: base.yaml, the
+       preset, the overrides), each model built by its run of the plan (papers/rag/experiment.py: ``RagModel``
+       around the zoo's ``transformer`` over the knowledge base's BPE vocabulary; BERT_q's parameters at
+       ``query_lr_scale`` times the lr), a new batch of the run's task each step (``RagTask.batch("train", i,
+       B, seed)``), and the step of ``common.train.train``'s loop: ``model(batch)`` (retrieval, the [x ; sep ; z]
+       sources, the generator, the loss of Eq. 1 or Eq. 2), backward, the loss read, gradients clipped at
+       ``grad_clip``, one AdamW step (``common.train.build_optimizer``; the lr schedule left out). The cpu preset:
+       3000 entities (6000 passages per index; exact faiss search over their MiniLM vectors, cached under
+       PAPERZOO_CACHE after the first build, 1-2 minutes), batch 64, K = 5, sources cut at 80 tokens, a BPE of
+       2000 tokens, the generator d_model 128, 4 heads, d_ff 256, 2 + 2 layers, dropout 0, BERT_q's top 2
+       layers training from step 500 on (``query_start``). Rows (``ROWS``): RAG-Sequence and RAG-Token over the
+       dense retriever in both phases of their runs (BERT_q training: ``training_passes`` set to
+       ``query_start`` before each step; before ``query_start``: set to 0, the doc scores without gradient),
+       RAG-Sequence over BM25, and the closed book (the generator alone on [x ; sep], half of its batch cloze
+       reading). Timed apart, taking turns with the steps (``timed``): retrieval, ``RagModel.retrieve`` in the
+       step's grad mode (BERT_q's forward and the faiss search, or BM25); the rest of a step is everything
+       else (sources, the generator's forward and backward, BERT_q's backward, clipping, AdamW). Each row also
+       records the parameters that got a gradient in its first step. The preset trains ``workers`` (2) runs at
+       a time, each on its share of the threads; here one step runs at a time on the process's threads.
 
 Shapes: passage and query vectors (N, 384), (Q, 384) float32; ids (Q, 10); training src (B, K, S) with
-S <= 48, tgt_in / tgt_out (B, T), doc scores (B, K), generator logits (B, K, T, 30522).
+S <= max_source_len, tgt_in / tgt_out (B, T), doc scores (B, K), generator logits (B, K, T, V), V the BPE's
+vocabulary (2000 in the cpu preset).
 
 Usage: ``python -m papers.rag.bench [--out DIR] [--passages 10000 100000] [--encode 2000] [--repeats 5]
-[--full]``; writes DIR/bench.md and DIR/bench.json (default DIR: reports/rag) and ``run`` returns the same
-numbers. The default (a 2000-passage real sample, tiled) takes about 3 minutes on 2 CPU cores; ``--full``
-encodes every passage of the 10k- and the 100k-passage knowledge bases (MiniLM: about 70 passages/s on
-one CPU thread, so 20-30 minutes on 2 CPU cores; a minute on a GPU).
+[--full] [--preset cpu] [--override KEY=VALUE ...]``; writes DIR/bench.md and DIR/bench.json (default DIR:
+reports/rag) and ``run`` returns the same numbers. The default (a 2000-passage real sample, tiled) takes about
+3 minutes on 2 CPU cores once the cpu preset's vectors are cached; ``--full`` encodes every passage of the
+10k- and the 100k-passage knowledge bases (MiniLM: about 70 passages/s on 2 CPU threads, so 20-30 minutes on
+2 CPU cores; a minute on a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
+import itertools
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,27 +64,31 @@ import torch
 from torch import nn
 
 from common.bench import environment, environment_line, package_version, timed, write_results
-from common.config import TrainConfig
+from common.config import load_config
 from common.errors import PaperzooError
-from common.models import zoo
+from common.experiment import Run, load_paper
 from common.paths import reports_dir
-from common.train import build_optimizer
-from papers.transformer.model import TransformerConfig
+from common.train import autocast_context, build_optimizer
 
 from .knowledge import build_knowledge_base
-from .model import join_inputs, pad_rows, rag_loss
-from .retrieval import DenseIndex, DenseRetriever, SentenceEncoder, minilm_encoder, recall_at_k
+from .retrieval import DenseIndex, SentenceEncoder, minilm_encoder, recall_at_k
 
 SEED = 0
 TOP = 10  # recall@10 and the searches' k
 QUERIES = 256  # questions for recall@10
 BATCH = 64  # queries per batched search
 HNSW = dict(hnsw_m=32, ef_search=64)  # DenseIndex.build's defaults, stated
-GENERATOR = TransformerConfig(
-    vocab_size=1, d_model=128, n_heads=4, d_ff=256, n_layers=2
-)  # vocab: the tokenizer's
-TRAIN = dict(batch=16, k=5, max_source_len=48)
-OPTIMIZER = TrainConfig(lr=3e-5)  # AdamW (common.train.build_optimizer); the rate does not change the time
+# the training steps timed: (the plan's qa variant, BERT_q's phase: True from query_start on, False before it,
+# None for a run without BERT_q)
+ROWS = (
+    ("rag_sequence", True),
+    ("rag_sequence", False),
+    ("rag_token", True),
+    ("rag_token", False),
+    ("rag_sequence_bm25", None),
+    ("closed_book", None),
+)
+PHASES = {True: "bert_q", False: "before_query_start", None: "all"}  # in the names of the timed functions
 
 
 @functools.lru_cache(maxsize=4)
@@ -86,9 +101,9 @@ def passage_texts(n_passages: int) -> list[str]:
     return [p.text for p in knowledge_base(n_passages).passages("2016")]
 
 
-def question_texts(n_passages: int, count: int, split: str | None = None) -> list:
-    """``count`` questions of the knowledge base drawn at random (of ``split`` if given)."""
-    questions = [q for q in knowledge_base(n_passages).questions if split is None or q.split == split]
+def question_texts(n_passages: int, count: int) -> list:
+    """``count`` questions of the knowledge base drawn at random."""
+    questions = knowledge_base(n_passages).questions
     return random.Random(SEED).sample(questions, min(count, len(questions)))
 
 
@@ -147,80 +162,96 @@ def bench_index(vectors: np.ndarray, queries: np.ndarray, repeats: int, log: Cal
     return row
 
 
-def training_batch(tokenizer, questions: list, passages: list[str], ids: torch.Tensor) -> dict:
-    """src (B, K, S), tgt_in, tgt_out (B, T) in WordPiece ids: [x ; sep ; z_k] and the 2016 answers."""
-    pad, bos, sep = tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id
-
-    def wordpieces(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    x = [wordpieces(q.text) for q in questions]
-    z = [[wordpieces(passages[j]) for j in row] for row in ids.tolist()]
-    y = [wordpieces(q.answers["2016"]) for q in questions]
-    return {"src": join_inputs(x, z, sep, pad, TRAIN["max_source_len"]),
-            "tgt_in": pad_rows([[bos, *a] for a in y], pad), "tgt_out": pad_rows([[*a, sep] for a in y], pad)}  # fmt: skip
+def preset_runs(preset: str, overrides: tuple[str, ...] = ()) -> tuple:
+    """The config of ``preset`` resolved as ``nox -s reproduce-rag`` resolves it (with ``overrides``), and its
+    plan's qa runs by variant."""
+    paper = load_paper("rag")
+    cfg = load_config(paper.schema, paper.path / "configs", [f"scale={preset}", *overrides])
+    return cfg, {run.variant: run for run in paper.plan(cfg) if run.task == "qa"}
 
 
-def bench_training(
-    encoder: SentenceEncoder,
-    index: DenseIndex,
-    passages: list[str],
-    questions: list,
-    repeats: int,
-    device: torch.device,
-    log: Callable[[str], None],
-) -> dict:
-    """ms per training step of RAG-Sequence and RAG-Token with its parts (see the module docstring)."""
-    torch.manual_seed(SEED)
-    tokenizer = encoder.tokenizer
-    query_encoder = copy.deepcopy(encoder).to(device).train()  # BERT_q; the index holds BERT_d's vectors
-    generator = zoo.build("transformer", GENERATOR, vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id)
-    generator = generator.to(device).train()
-    both = nn.ModuleDict({"generator": generator, "query_encoder": query_encoder})
-    optimizer = build_optimizer(both, OPTIMIZER, device)
-    retriever = DenseRetriever(query_encoder, index)
-    texts, k = [q.text for q in questions], TRAIN["k"]
-    ids, _ = retriever.search(texts, k)
-    fixed = {name: t.to(device) for name, t in training_batch(tokenizer, questions, passages, ids).items()}
-    fixed_scores = retriever.doc_scores(texts, ids).detach().requires_grad_()
+def _batch(run: Run, index: int, device: torch.device) -> dict[str, torch.Tensor]:
+    batch = run.data.batch("train", index, run.train.batch_size, SEED)
+    return {name: t.to(device) for name, t in batch.items()}
 
-    def query_side() -> None:
-        retriever.doc_scores(texts, ids).log_softmax(-1)[:, 0].sum().backward()  # a loss on the scores alone
-        both.zero_grad(set_to_none=True)
 
-    def generator_side(variant: str) -> None:
-        rag_loss(generator, fixed["src"], fixed_scores, fixed["tgt_in"], fixed["tgt_out"], variant).backward()
-        both.zero_grad(set_to_none=True)
-
-    def step(variant: str) -> None:
-        found, _ = retriever.search(texts, k)
-        batch = training_batch(tokenizer, questions, passages, found)
-        scores = retriever.doc_scores(texts, found)  # (B, K), differentiable in BERT_q
-        loss = rag_loss(generator, batch["src"].to(device), scores, batch["tgt_in"].to(device),
-                        batch["tgt_out"].to(device), variant)  # fmt: skip
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, run: Run, device: torch.device,
+               passes: int | None, batches: Iterator[int], row: dict) -> None:  # fmt: skip
+    """One step of common.train.train's loop on the next batch; ``passes``: the model's training passes before
+    it (its BERT_q phase); the first step's loss and parameters with a gradient go into ``row``."""
+    batch = _batch(run, next(batches), device)
+    if passes is not None:
+        model.training_passes.fill_(passes)
+    with autocast_context(device, run.train.precision):
+        loss = model(batch)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    value = loss.item()  # the loop reads every step's loss
+    if "loss" not in row:
+        row["loss"] = value
+        row["trained_params"] = sum(p.numel() for p in model.parameters() if p.grad is not None)
+    if run.train.grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), run.train.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
-    fns = {"retrieval": functools.partial(retriever.search, texts, k), "query_encoder": query_side}
-    for variant in ("sequence", "token"):
-        fns[f"generator_{variant}"] = functools.partial(generator_side, variant)
-        fns[f"step_{variant}"] = functools.partial(step, variant)
-    log(f"training: timing {', '.join(fns)} ({repeats} repeats, taking turns)")
+
+def retrieval(model: nn.Module, run: Run, device: torch.device, trains: bool, batches: Iterator[int]) -> None:
+    """``RagModel.retrieve`` of the next batch in the grad mode of the step's forward."""
+    examples = run.data.batch("train", next(batches), run.train.batch_size, SEED)["example"].tolist()
+    with torch.set_grad_enabled(trains), autocast_context(device, run.train.precision):
+        model.retrieve(examples, model.k)
+
+
+def bench_training(preset: str, overrides: tuple[str, ...], repeats: int, device: torch.device,
+                   log: Callable[[str], None]) -> dict:  # fmt: skip
+    """ms per training step of the preset's runs (``ROWS``) with their retrieval (see the module docstring)."""
+    cfg, runs = preset_runs(preset, overrides)
+    r = cfg.qa.retrieval
+    if missing := sorted({variant for variant, _ in ROWS} - set(runs)):
+        raise PaperzooError(f"the bench times qa/{', qa/'.join(missing)}: add them to qa.variants")
+    fns, rows = {}, []
+    for variant, trains in ROWS:
+        if trains is False and r.query_start == 0:
+            log(f"training: qa/{variant} has no phase before query_start (qa.retrieval.query_start is 0)")
+            continue
+        run = runs[variant]
+        torch.manual_seed(SEED)
+        model = run.build_model().to(device).train()
+        optimizer = build_optimizer(model, run.train, device)
+        examples = run.data.batch("train", 0, run.train.batch_size, SEED)["example"].tolist()
+        with torch.no_grad():
+            src = model.sources(examples, model.retrieve(examples, model.k)[0])  # the first batch's shapes
+        row = {"run": run.key, "retriever": run.params["retriever"], "marginal": run.params["marginal"],
+               "query_trains": trains, "batch": run.train.batch_size, "k": model.k, "S": src.shape[-1],
+               "T": model.data.targets(examples)[0].shape[-1],
+               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}  # fmt: skip
+        name = f"{variant}/{PHASES[trains]}"
+        passes = None if trains is None else (r.query_start if trains else 0)
+        fns[f"{name} step"] = functools.partial(train_step, model, optimizer, run, device, passes,
+                                                itertools.count(), row)  # fmt: skip
+        if row["retriever"] != "none":
+            fns[f"{name} retrieval"] = functools.partial(retrieval, model, run, device, bool(trains),
+                                                         itertools.count())  # fmt: skip
+        rows.append((name, row))
+    log(f"training ({cfg.scale} preset): timing {len(fns)} functions ({repeats} repeats, taking turns)")
     ms = {name: 1e3 * s for name, s in timed(fns, repeats, device).items()}
-    rows = []
-    for variant in ("sequence", "token"):
-        parts = ms["retrieval"] + ms["query_encoder"] + ms[f"generator_{variant}"]
-        rows.append({"variant": variant, "step_ms": ms[f"step_{variant}"], "retrieval_ms": ms["retrieval"],
-                     "query_encoder_ms": ms["query_encoder"], "generator_ms": ms[f"generator_{variant}"],
-                     "rest_ms": ms[f"step_{variant}"] - parts})  # fmt: skip
-        log(f"training RAG-{variant}: {ms[f'step_{variant}']:.0f} ms/step (retrieval {ms['retrieval']:.0f}, query "
-            f"encoder {ms['query_encoder']:.0f}, generator {ms[f'generator_{variant}']:.0f})")  # fmt: skip
-    src, tgt = fixed["src"], fixed["tgt_in"]
-    return {"batch": len(questions), "k": k, "S": src.shape[-1], "T": tgt.shape[-1], "vocab": len(tokenizer),
-            "index_size": index.size, "generator_params": sum(p.numel() for p in generator.parameters()),
-            "query_encoder_params": sum(p.numel() for p in query_encoder.parameters() if p.requires_grad),
-            "rows": rows}  # fmt: skip
+    for name, row in rows:
+        step, found = ms[f"{name} step"], ms.get(f"{name} retrieval")
+        row |= {"step_ms": step, "retrieval_ms": found, "rest_ms": step - (found or 0.0),
+                "ms_per_question": step / row["batch"]}  # fmt: skip
+        log(
+            f"training {name}: {step:.0f} ms/step"
+            + (f" (retrieval {found:.0f})" if found is not None else "")
+        )
+    data, m = model.data, cfg.qa.model
+    return {"preset": cfg.scale, "overrides": list(overrides), "batch": rows[0][1]["batch"], "k": r.k,
+            "entities": cfg.knowledge.n_entities, "passages": len(data.passages["2016"]), "vocab": data.vocab_size,
+            "max_source_len": cfg.knowledge.max_source_len,
+            "generator": {key: m[key] for key in ("d_model", "n_heads", "d_ff", "n_layers", "dropout")},
+            "generator_params": sum(p.numel() for p in model.generator.parameters()),
+            "query_layers": r.query_layers, "query_start": r.query_start, "query_lr_scale": r.query_lr_scale,
+            "grad_clip": runs["rag_sequence"].train.grad_clip, "workers": cfg.workers,
+            "rows": [row for _, row in rows]}  # fmt: skip
 
 
 def run(
@@ -230,11 +261,12 @@ def run(
     repeats: int = 5,
     full: bool = False,
     queries: int = QUERIES,
-    train_batch: int = TRAIN["batch"],
+    preset: str = "cpu",
+    overrides: tuple[str, ...] = (),
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Encoding, the indexes at each size in ``passages`` and the training step; torch on CUDA if available, faiss
-    on the CPU; write ``out_dir/bench.{md,json}``."""
+    """Encoding, the indexes at each size in ``passages`` and the training steps of ``preset``'s runs (with
+    ``overrides``); torch on CUDA if available, faiss on the CPU; write ``out_dir/bench.{md,json}``."""
     import faiss
 
     sizes = tuple(sorted(passages))
@@ -250,7 +282,7 @@ def run(
         chosen = sorted(random.Random(SEED).sample(range(len(texts)), min(encode, len(texts))))
         sample_texts = [texts[i] for i in chosen]
         sample, encoding = bench_encoding(encoder, sample_texts, log)
-    rows, train_index = [], None
+    rows = []
     for n in sizes:
         if full or len(sample_texts) >= n:
             kb_n = n if full else smallest
@@ -267,16 +299,12 @@ def run(
         else:
             kb_n = smallest
             vectors, noise = tiled(sample, n)
-            texts = [sample_texts[i % len(sample_texts)] for i in range(n)]
             source = {"vectors": "tiled", "knowledge_base_passages": len(passage_texts(kb_n)),
                       "encoded": len(sample_texts), "copies": -(-n // len(sample_texts)), "noise_norm": noise}  # fmt: skip
         query_vectors = encoder.encode([q.text for q in question_texts(kb_n, queries)])
-        row = {**bench_index(vectors, query_vectors, repeats, log), "source": source}
-        rows.append(row)
-        if n == smallest:
-            train_index, train_texts, train_kb = DenseIndex.build(vectors), texts, kb_n
-    training = bench_training(encoder, train_index, train_texts, question_texts(train_kb, train_batch, "train"),
-                              repeats, device, log)  # fmt: skip
+        rows.append({**bench_index(vectors, query_vectors, repeats, log), "source": source})
+    del encoder
+    training = bench_training(preset, tuple(overrides), repeats, device, log)
     result = {**environment(device), "faiss": package_version("faiss-cpu") or faiss.__version__,
               "faiss_threads": faiss.omp_get_max_threads(), "full": full, "repeats": repeats,
               "encoding": encoding, "hnsw": HNSW, "index": rows, "training": training}  # fmt: skip
@@ -290,8 +318,26 @@ def _vectors(source: dict) -> str:
             f"KB's sample) x {source['copies']}, noise norm {source['noise_norm']:.3f}")  # fmt: skip
 
 
+def _row_name(x: dict) -> str:
+    if x["retriever"] == "none":
+        return "closed book (generator alone, K = 1)"
+    return f"RAG-{x['marginal'].capitalize()}, {'BM25' if x['retriever'] == 'bm25' else 'dense'}"
+
+
+def _bert_q(x: dict, t: dict) -> str:
+    if x["query_trains"] is None:
+        return "-"
+    return (f"top {t['query_layers']} layers train (step >= {t['query_start']})" if x["query_trains"]
+            else f"frozen (step < {t['query_start']})")  # fmt: skip
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def _markdown(r: dict) -> str:
     e, t = r["encoding"], r["training"]
+    g = t["generator"]
     lines = [
         "# RAG: index build, search latency and recall, training step",
         "",
@@ -314,27 +360,34 @@ def _markdown(r: dict) -> str:
             f"{row['build_s']['hnsw']:.2f} | {f['per_query_batch1_ms']:.3f} | {h['per_query_batch1_ms']:.3f} | "
             f"{f[f'per_batch{BATCH}_ms']:.2f} | {h[f'per_batch{BATCH}_ms']:.2f} | {row['recall_at_10']:.3f} |"
         )
+    overrides = f" with {', '.join(t['overrides'])}" if t["overrides"] else ""
     lines += [
         "",
         f"Queries: real questions of the knowledge base the vectors came from, encoded by the same MiniLM; recall "
         f"over {r['index'][0]['queries']} of them. Tiled vectors: the sample's first copy as encoded, the others "
         "plus Gaussian noise of that norm (the sample's median nearest-neighbour distance), renormalised.",
         "",
-        f"## Training step, K = {t['k']}, batch {t['batch']} (ms, median of {r['repeats']} steps taking turns)",
+        f"## Training step of the {t['preset']} preset's runs{overrides}: batch {t['batch']}, K = {t['k']} "
+        f"(ms, median of {r['repeats']} steps taking turns)",
         "",
-        f"Generator: the zoo's transformer, d_model {GENERATOR.d_model}, {GENERATOR.n_heads} heads, d_ff "
-        f"{GENERATOR.d_ff}, {GENERATOR.n_layers} + {GENERATOR.n_layers} layers ({t['generator_params']:,} params, "
-        f"WordPiece vocabulary {t['vocab']:,}); source S = {t['S']}, target T = {t['T']}. Query encoder: MiniLM "
-        f"({t['query_encoder_params']:,} trained params). Retrieval from the flat index of {t['index_size']:,} "
-        "passages; AdamW over both.",
+        f"The models, batches and optimizer of `nox -s reproduce-rag scale={t['preset']}`: knowledge base of "
+        f"{t['entities']:,} entities ({t['passages']:,} passages per index, exact faiss search over MiniLM "
+        f"vectors); generator: the zoo's transformer, d_model {g['d_model']}, {g['n_heads']} heads, d_ff "
+        f"{g['d_ff']}, {g['n_layers']} + {g['n_layers']} layers, dropout {g['dropout']} "
+        f"({t['generator_params']:,} params), BPE vocabulary {t['vocab']:,}, sources cut at {t['max_source_len']} "
+        f"tokens; BERT_q (MiniLM): its top {t['query_layers']} layers train from step {t['query_start']} on, at "
+        f"{t['query_lr_scale']:g} x the lr. A step: forward, backward, gradients clipped at {t['grad_clip']:g}, "
+        "one AdamW step. Retrieval: `RagModel.retrieve` alone (BERT_q's forward and the search, or BM25); rest: "
+        "the step without it (sources, generator forward + backward, BERT_q's backward, optimizer). S, T: source "
+        f"and target length of the first batch. The preset trains {t['workers']} runs at a time, each on its "
+        "share of the threads; here one step ran at a time.",
         "",
-        "| variant | step | retrieval (no grad) | query encoder fwd+bwd | generator fwd+bwd | rest (optimizer, "
-        "batching) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| run | BERT_q | step | retrieval | rest | ms / question | params with a gradient | S | T |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| RAG-{x['variant'].capitalize()} | {x['step_ms']:.0f} | {x['retrieval_ms']:.0f} | "
-        f"{x['query_encoder_ms']:.0f} | {x['generator_ms']:.0f} | {x['rest_ms']:.0f} |"
+        f"| {_row_name(x)} | {_bert_q(x, t)} | {x['step_ms']:.0f} | {_ms(x['retrieval_ms'])} | {x['rest_ms']:.0f} | "
+        f"{x['ms_per_question']:.1f} | {x['trained_params']:,} | {x['S']} | {x['T']} |"
         for x in t["rows"]
     ]
     return "\n".join(lines) + "\n"
@@ -351,9 +404,13 @@ def main() -> None:
     parser.add_argument(
         "--full", action="store_true", help="encode every passage of each size (slow on a CPU)"
     )
+    parser.add_argument("--preset", default="cpu", help="the preset whose runs' training step is timed")
+    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args()
     try:
-        print(_markdown(run(args.out, tuple(args.passages), args.encode, args.repeats, args.full)), end="")
+        result = run(args.out, tuple(args.passages), args.encode, args.repeats, args.full,
+                     preset=args.preset, overrides=tuple(args.override))  # fmt: skip
+        print(_markdown(result), end="")
     except PaperzooError as err:
         raise SystemExit(f"error: {err}") from None
 
