@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -69,14 +69,15 @@ class RagData:
         # what the passages (drawn before the questions) and so their vectors depend on
         self.passages_key = _digest({k: getattr(cfg, k) for k in ("n_entities", "seed", "distractors",
                                                                   "change_fraction")})  # fmt: skip
-        self.key = _digest(asdict(cfg))
         self.passages = {v: [p.text for p in self.kb.passages(v)] for v in VERSIONS}
         self.reading = self._cloze_items()
         folder = cache_dir() / "rag"
-        texts = lambda: [*self.passages["2016"], *self.passages["2018"],  # noqa: E731
-                         *(q.text for q in self.kb.split("train"))]  # fmt: skip
-        tok = cached_bpe(folder / f"bpe-{self.key}.json", texts, cfg.vocab_size, byte_level=True,
-                         special_tokens=SPECIALS)  # fmt: skip
+        texts = [*self.passages["2016"], *self.passages["2018"], *(q.text for q in self.kb.split("train"))]
+        learned_on = hashlib.sha256("\n".join(texts).encode()).hexdigest()[
+            :12
+        ]  # the texts, not just the config
+        tok = cached_bpe(folder / f"bpe-{cfg.vocab_size}-{learned_on}.json", lambda: texts, cfg.vocab_size,
+                         byte_level=True, special_tokens=SPECIALS)  # fmt: skip
         self.tokenizer, self.vocab_size = tok, tok.get_vocab_size()
         self.passage_ids = {v: self.encode(self.passages[v]) for v in VERSIONS}
         sources = [q.text for q in self.kb.questions] + [text for text, _ in self.reading]
