@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +32,7 @@ import torch
 from common.data.corpus import cached_bpe
 from common.paths import cache_dir, write_atomically
 from papers.rag.knowledge import RELATIONS, VERSIONS, build_knowledge_base
+from papers.rag.model import pad_rows
 
 SPECIALS = ("<pad>", "<s>", "</s>", "<sep>", "<unk>", "<mask>")
 PAD_ID, BOS_ID, EOS_ID, SEP_ID = 0, 1, 2, 3
@@ -66,23 +66,18 @@ class RagData:
             cfg.n_entities, cfg.seed, cfg.distractors, cfg.unseen_fraction, cfg.test_fraction,
             cfg.change_fraction, cfg.two_hop_fraction, cfg.pair_fraction,
         )  # fmt: skip
-        # what the passages (drawn before the questions) and so their vectors depend on
-        self.passages_key = _digest({k: getattr(cfg, k) for k in ("n_entities", "seed", "distractors",
-                                                                  "change_fraction")})  # fmt: skip
         self.passages = {v: [p.text for p in self.kb.passages(v)] for v in VERSIONS}
         self.reading = self._cloze_items()
-        folder = cache_dir() / "rag"
         texts = [*self.passages["2016"], *self.passages["2018"], *(q.text for q in self.kb.split("train"))]
-        learned_on = hashlib.sha256("\n".join(texts).encode()).hexdigest()[
-            :12
-        ]  # the texts, not just the config
-        tok = cached_bpe(folder / f"bpe-{cfg.vocab_size}-{learned_on}.json", lambda: texts, cfg.vocab_size,
-                         byte_level=True, special_tokens=SPECIALS)  # fmt: skip
+        tok = cached_bpe(cache_dir() / "rag" / f"bpe-{cfg.vocab_size}-{_key(texts)}.json", lambda: texts,
+                         cfg.vocab_size, byte_level=True, special_tokens=SPECIALS)  # fmt: skip
         self.tokenizer, self.vocab_size = tok, tok.get_vocab_size()
         self.passage_ids = {v: self.encode(self.passages[v]) for v in VERSIONS}
-        sources = [q.text for q in self.kb.questions] + [text for text, _ in self.reading]
-        self.source_ids = self.encode(sources)
         self.n_questions = len(self.kb.questions)
+        examples = [(q.text, q.answers["2016"]) for q in self.kb.questions] + self.reading
+        self.source_ids = self.encode([text for text, _ in examples])
+        self.target_ids = self.encode([" " + answer for _, answer in examples])  # y as inside a passage
+        self.train_ids = torch.tensor([q.id for q in self.kb.split("train")])
         self._dense: dict[str, object] = {}
         self._bm25: dict[str, object] = {}
 
@@ -93,16 +88,9 @@ class RagData:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids).strip()
 
-    def answer(self, example: int, version: str = "2016") -> str:
-        if example < self.n_questions:
-            return self.kb.questions[example].answers[version]
-        return self.reading[example - self.n_questions][1]
-
-    def targets(self, examples: list[int], version: str = "2016") -> tuple[torch.Tensor, torch.Tensor]:
-        """tgt_in (B, T) = [bos] + y and tgt_out (B, T) = y + [eos], right-padded with PAD_ID."""
-        from papers.rag.model import pad_rows
-
-        answers = self.encode([" " + self.answer(i, version) for i in examples])  # as inside a passage
+    def targets(self, examples: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """tgt_in (B, T) = [bos] + y and tgt_out (B, T) = y + [eos] of the examples' (2016) answers, right-padded."""
+        answers = [self.target_ids[i] for i in examples]
         return pad_rows([[BOS_ID, *y] for y in answers], PAD_ID), pad_rows(
             [[*y, EOS_ID] for y in answers], PAD_ID
         )
@@ -115,9 +103,9 @@ class RagData:
             if e.id in unseen:
                 continue
             text = self.passages["2016"][e.id]
-            for kind, relation in RELATIONS:
-                value = self.kb.text("2016", e.id, relation) if kind == e.kind else None
-                if value is not None and value in text:
+            for relation in (relation for kind, relation in RELATIONS if kind == e.kind):
+                value = self.kb.text("2016", e.id, relation)
+                if value in text:
                     items.append((text.replace(value, "<mask>", 1), value))
         return items
 
@@ -142,7 +130,8 @@ class RagData:
         """Each version's passage vectors (N, 384), cached on disk."""
         from papers.rag.retrieval import minilm_encoder
 
-        paths = {v: cache_dir() / "rag" / f"vectors-{self.passages_key}-{v}.npy" for v in VERSIONS}
+        key = _key(self.passages["2016"] + self.passages["2018"])
+        paths = {v: cache_dir() / "rag" / f"vectors-{key}-{v}.npy" for v in VERSIONS}
         if not all(p.is_file() for p in paths.values()):
             encoder = minilm_encoder()
             vectors = {"2016": encoder.encode(self.passages["2016"])}
@@ -158,8 +147,10 @@ class RagData:
         return {v: np.load(path) for v, path in paths.items()}
 
 
-def _digest(fields: dict) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+def _key(texts: list[str]) -> str:
+    """A cache file's key: the texts it was computed from, so that a change of the knowledge base's code never
+    reuses a stale tokenizer or vectors."""
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
 
 
 def _save_array(path, array: np.ndarray) -> None:

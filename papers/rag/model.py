@@ -101,11 +101,8 @@ class RagModel(nn.Module):
             raise PaperzooError(f"RagModel: variant {variant!r} ({', '.join(VARIANTS)}), retriever {retriever!r} "
                                 f"({', '.join(RETRIEVERS)})")  # fmt: skip
         self.generator, self.data, self.retriever_kind, self.variant = generator, data, retriever, variant
-        self.k, self.score_scale, self.max_answer_len = (
-            (1 if retriever == "none" else k),
-            score_scale,
-            max_answer_len,
-        )
+        self.k = 1 if retriever == "none" else k
+        self.score_scale, self.max_answer_len = score_scale, max_answer_len
         self.version, self.dense, self.query_start = "2016", None, query_start
         self.register_buffer("training_passes", torch.zeros((), dtype=torch.long))  # saved: a resume keeps it
         if retriever == "dense":

@@ -251,11 +251,13 @@ class DenseRetriever:
         (training, Sec. 2.4); the ids (Q, k) come from the index, best first."""
         q = self.query_encoder(queries)  # (Q, d)
         ids, _ = self.index.search(q.detach().float().cpu().numpy(), k)
-        return ids, torch.einsum("qkd,qd->qk", self.index.vectors(ids).to(q), q)
+        return ids, self._inner_products(q, ids)
 
     def doc_scores(self, queries: list[str], ids: torch.Tensor) -> torch.Tensor:
         """d(z)^T q(x) (Q, k) of the passages ``ids`` (Q, k), differentiable in the query encoder only: the
         doc scores of RAG's marginal (papers/rag/marginal.py) through which BERT_q is trained (Sec. 2.4)."""
-        q = self.query_encoder(queries)  # (Q, d)
-        d = self.index.vectors(ids).to(q)  # (Q, k, d), frozen
-        return torch.einsum("qkd,qd->qk", d, q)
+        return self._inner_products(self.query_encoder(queries), ids)
+
+    def _inner_products(self, q: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """d(z)^T q(x) (Q, k) of query vectors q (Q, d) and the stored passage vectors of ids (Q, k), frozen."""
+        return torch.einsum("qkd,qd->qk", self.index.vectors(ids).to(q), q)

@@ -37,12 +37,8 @@ KINDS = ("single", "bridge", "pair")
 class RagTask:
     def __init__(self, knowledge: KnowledgeConfig, questions: int = 600, ks: tuple[int, ...] = (1, 2, 5, 10),
                  read_fraction: float = 0.0):  # fmt: skip
-        self.knowledge, self.questions, self.ks, self.read_fraction = (
-            knowledge,
-            questions,
-            tuple(ks),
-            read_fraction,
-        )
+        self.knowledge, self.questions, self.read_fraction = knowledge, questions, read_fraction
+        self.ks = tuple(ks)
 
     @property
     def data(self):
@@ -51,15 +47,14 @@ class RagTask:
     def batch(self, split: str, index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
         d = self.data
         g = torch.Generator().manual_seed(seed * 1_000_003 + index)
-        train = torch.tensor([q.id for q in d.kb.split("train")])
         n_read = round(self.read_fraction * batch_size)
-        asked = train[torch.randint(len(train), (batch_size - n_read,), generator=g)]
+        asked = d.train_ids[torch.randint(len(d.train_ids), (batch_size - n_read,), generator=g)]
         read = d.n_questions + torch.randint(len(d.reading), (n_read,), generator=g)
         return {"example": torch.cat([asked, read])}
 
     def target_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """Answer tokens and EOS of each example."""
-        return int((self.data.targets(batch["example"].tolist())[1] != self.data.pad_id).sum())
+        return sum(len(self.data.target_ids[i]) + 1 for i in batch["example"].tolist())
 
     def _sample(self, questions: list) -> list:
         return random.Random(0).sample(questions, min(self.questions, len(questions)))
