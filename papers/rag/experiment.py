@@ -95,11 +95,11 @@ def plan(cfg: Config) -> list[Run]:
     common_task = LazyTask(lambda: RagTask(knowledge, qa.questions, tuple(qa.ks)))
     reading_task = LazyTask(lambda: RagTask(knowledge, qa.questions, tuple(qa.ks), qa.read_fraction))
 
-    def build(retriever: str, variant: str, trains_query: bool) -> RagModel:
+    def build(retriever: str, variant: str, query_layers: int) -> RagModel:
         data = rag_data(knowledge)
         generator = zoo.build("transformer", qa.model, vocab_size=data.vocab_size)
-        model = RagModel(generator, data, retriever, variant, r.k, r.score_scale,
-                         r.query_layers if trains_query else 0, qa.max_answer_len, r.query_start)  # fmt: skip
+        model = RagModel(generator, data, retriever, variant, r.k, r.score_scale, query_layers, qa.max_answer_len,
+                         r.query_start)  # fmt: skip
         if retriever == "dense":
             for p in model.query_encoder.parameters():
                 p._lr_scale = r.query_lr_scale
@@ -108,13 +108,14 @@ def plan(cfg: Config) -> list[Run]:
     runs = []
     for name in qa.variants:
         retriever, variant, trains_query = VARIANTS[name]
+        query_layers = r.query_layers if trains_query else 0
         lrs = [qa.lr[name], *(qa.closed_book_lr_search if name == "closed_book" else [])]
         for i, lr in enumerate(lrs):
             train = replace(train_config(qa.train), lr=lr, min_lr=lr / 10)
             params = {"retriever": retriever, "marginal": variant, "lr": lr, "k": 1 if retriever == "none" else r.k,
-                      "query_layers": r.query_layers if trains_query else 0}  # fmt: skip
+                      "query_layers": query_layers}  # fmt: skip
             runs.append(Run("qa", name if i == 0 else f"{name}_lr{lr:g}",
-                            lambda a=(retriever, variant, trains_query): build(*a),
+                            lambda a=(retriever, variant, query_layers): build(*a),
                             reading_task if retriever == "none" else common_task, train, params, section="qa"))  # fmt: skip
     return runs
 

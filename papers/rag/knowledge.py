@@ -328,9 +328,8 @@ def build_knowledge_base(
     # a pair question asks facts whose one-hop questions are in its split: a fact asked in test is never in train
     split_of = {(q.subject, q.relations): q.split for q in kb.questions if q.hops == 1}
     relation_of = {kind: relation for kind, relation in PAIR_TEMPLATES}
-    pool: dict[
-        tuple[str, str], list[int]
-    ] = {}  # (kind, split) -> the entities whose pair fact is in that split
+    # (kind, split) -> the entities whose pair fact is in that split
+    pool: dict[tuple[str, str], list[int]] = {}
     for e in entities:
         pool.setdefault((e.kind, split_of[e.id, (relation_of[e.kind],)]), []).append(e.id)
     for e in entities:
