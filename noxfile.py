@@ -103,6 +103,13 @@ def reproduce_all(session: nox.Session) -> None:
 
 
 @nox.session
+def compare(session: nox.Session) -> None:
+    """Every architecture on the same tasks and budgets (comparisons/architectures.yaml) -> MLflow experiment
+    `compare` and reports/compare/: `nox -s compare -- [scale=smoke] [resume=true] [only=[shakespeare]]`."""
+    run_py(session, "-m", "common.reproduce", "compare", *session.posargs)
+
+
+@nox.session
 def report(session: nox.Session) -> None:
     """Rebuild reports/<paper>/ and reports/README.md from MLflow: `nox -s report -- [paper] [--reproduction ID]`."""
     run_py(session, "-m", "common.report", *session.posargs)

@@ -137,15 +137,26 @@ def _did_you_mean(node: Any, key: str) -> str:
     return f"did you mean {', '.join(found)}?" if found else ""
 
 
-def load_config(schema: type, config_dir: Path, overrides: list[str] | None = None) -> DictConfig:
-    """Resolve a paper's config: schema defaults, base.yaml, the preset, then overrides."""
+def load_config(
+    schema: type, config_dir: Path, overrides: list[str] | None = None, presets: dict[str, Any] | None = None
+) -> DictConfig:
+    """Resolve a paper's config: schema defaults, base.yaml, the preset, then overrides. ``presets``: the layers
+    given instead of the files of ``config_dir`` ({"base": ..., "smoke": ..., ...}, read from the file
+    ``config_dir`` names: a comparison declares them all in one)."""
     scale, rest = _split_overrides(list(overrides or []))
     scale = scale or default_scale()
     if scale not in SCALES:
         raise PaperzooError(f"unknown preset '{scale}' (scale={scale}); choose one of {', '.join(SCALES)}")
     cfg = OmegaConf.structured(schema)
     layers: list[tuple[str, Any]] = []
-    for name in ("base.yaml", f"{scale}.yaml"):
+    if presets is not None:
+        if scale not in presets:
+            raise PaperzooError(f"{config_dir}: preset '{scale}' is missing under 'presets'")
+        layers += [
+            (f"{config_dir}, base", presets.get("base") or {}),
+            (f"{config_dir}, presets.{scale}", presets[scale] or {}),
+        ]
+    for name in ("base.yaml", f"{scale}.yaml") if presets is None else ():
         path = config_dir / name
         if path.exists():
             try:

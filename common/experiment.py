@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from common.config import SCALES, BaseConfig, TrainConfig
+from common.config import SCALES, BaseConfig, TrainConfig, load_config
 from common.errors import PaperzooError
 from common.paths import PAPERS_DIR, REPO_ROOT, discover_papers, session_name
 
@@ -132,6 +132,10 @@ class Run:
     section: str = ""  # the config section this run is resolved from (its MLflow params); "" = whole config
     init_from: RunRef | None = None  # start from that finished run's final weights
     seeds: tuple[int, ...] | None = None  # the seeds it trains (None: the config's), e.g. one shared base
+    tags: dict[str, str] = field(
+        default_factory=dict
+    )  # extra MLflow tags (a comparison's architecture, size)
+    may_diverge: bool = False  # a diverged run is a result (an lr search's too-high lr), not an error
 
     @property
     def key(self) -> str:
@@ -315,6 +319,10 @@ def parse_claims(raw: Any, file: str) -> list[Claim]:
 
 
 # ---- a paper -----------------------------------------------------------------------------------
+COMPARE = "compare"  # the comparison of architectures (common.compare): a study like a paper, its runs in the
+COMPARISON_FILE = REPO_ROOT / "comparisons" / "architectures.yaml"  # MLflow experiment "compare"
+
+
 @dataclass
 class Paper:
     slug: str
@@ -341,9 +349,16 @@ class Paper:
     def schema(self) -> type:
         return self.module.Config
 
+    def config(self, overrides: list[str] | None = None) -> DictConfig:
+        """The resolved config: the presets of ``configs/`` (a comparison: of its file) and ``overrides``."""
+        own = getattr(self.module, "load_config", None)
+        return own(overrides) if own else load_config(self.schema, self.path / "configs", overrides)
+
 
 def resolve_slug(name: str) -> str:
-    """Accepts a slug (``my_idea``) or a session name (``my-idea``, ``template``)."""
+    """Accepts a slug (``my_idea``), a session name (``my-idea``, ``template``) or ``compare`` (the comparison)."""
+    if name == COMPARE:
+        return COMPARE
     papers = discover_papers()
     for slug in papers:
         if name in (slug, session_name(slug)):
@@ -359,8 +374,18 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
+def studies() -> list[str]:
+    """The comparison (when its file is there), then every paper: what the report index lists."""
+    return ([COMPARE] if COMPARISON_FILE.exists() else []) + discover_papers()
+
+
+def meta_path(slug: str) -> Path:
+    """Where a study's title and claims are: ``papers/<slug>/paper.yaml``, or the comparison's file."""
+    return COMPARISON_FILE if slug == COMPARE else PAPERS_DIR / slug / "paper.yaml"
+
+
 def read_meta(slug: str) -> dict[str, Any]:
-    path = PAPERS_DIR / slug / "paper.yaml"
+    path = meta_path(slug)
     try:
         meta = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
@@ -374,7 +399,10 @@ def load_paper(name: str) -> Paper:
     """The paper named ``name`` with its claims parsed and its module checked against PaperModule."""
     slug = resolve_slug(name)
     meta = read_meta(slug)
-    claims = parse_claims(meta.get("claims", []), shown_path(PAPERS_DIR / slug / "paper.yaml"))
+    claims = parse_claims(meta.get("claims", []), shown_path(meta_path(slug)))
+    if slug == COMPARE:
+        module = importlib.import_module("common.compare")
+        return Paper(slug=slug, path=COMPARISON_FILE.parent, meta=meta, module=module, claims=claims)
     source = shown_path(PAPERS_DIR / slug / "experiment.py")
     if not (PAPERS_DIR / slug / "experiment.py").exists():
         raise PaperzooError(f"{source} is missing: a paper defines Config and plan(cfg) there")
@@ -413,7 +441,7 @@ def validate(paper: Paper, cfg: Any, runs: list[Run]) -> None:
     that run trains the seed it names; every claim's (task, variant) and
     ``relative_to`` are runs of the plan, unless the claim is ``opt_in``.
     """
-    for scale in SCALES:
+    for scale in SCALES if paper.slug != COMPARE else ():  # the comparison's presets: common.compare
         preset = paper.path / "configs" / f"{scale}.yaml"
         if not preset.exists():
             raise PaperzooError(
@@ -451,7 +479,7 @@ def validate(paper: Paper, cfg: Any, runs: list[Run]) -> None:
             raise PaperzooError(f"seeds_by_run: '{key}' has no seeds; give at least one, or leave it out")
     if cfg.get("workers", 1) < 1:
         raise PaperzooError(f"workers={cfg.workers}: give the number of runs to train at once, 1 or more")
-    file = shown_path(paper.path / "paper.yaml")
+    file = shown_path(meta_path(paper.slug))
     for claim in paper.claims:
         if claim.opt_in:
             continue

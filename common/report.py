@@ -50,8 +50,17 @@ from common.claims import (
 )
 from common.config import SCALES
 from common.errors import PaperzooError
-from common.experiment import Claim, discover_papers, parse_claims, read_meta, resolve_slug, shown_path
-from common.paths import PAPERS_DIR, reports_dir, session_name
+from common.experiment import (
+    COMPARE,
+    Claim,
+    meta_path,
+    parse_claims,
+    read_meta,
+    resolve_slug,
+    shown_path,
+    studies,
+)
+from common.paths import reports_dir, session_name
 from common.report_figures import claim_figure, curves_figure
 from common.tracking import client, tracking_uri
 
@@ -267,10 +276,15 @@ def seeds_line(runs: dict[RunKey, Any]) -> str:
     return "seeds " + "; ".join(f"{', '.join(seeds)} ({', '.join(keys)})" for seeds, keys in ordered)
 
 
+def study_module(slug: str):
+    """The module with a study's plan and its optional ``figures`` / ``tables`` (the comparison: common.compare)."""
+    return importlib.import_module("common.compare" if slug == COMPARE else f"papers.{slug}.experiment")
+
+
 def own_figures(slug: str, mlflow_client, runs: dict[RunKey, Any], folder: Path) -> list[str]:
     """The markdown lines of the paper's own figures (``figures`` in its experiment.py, if any); one that fails
     (e.g. an artifact missing from the store) is a one-line warning, and the rest of the report is written."""
-    draw = getattr(importlib.import_module(f"papers.{slug}.experiment"), "figures", None)
+    draw = getattr(study_module(slug), "figures", None)
     if draw is None:
         return []
     try:
@@ -278,6 +292,13 @@ def own_figures(slug: str, mlflow_client, runs: dict[RunKey, Any], folder: Path)
     except Exception as err:  # a figure is not worth losing the report for
         print(f"warning: {slug}: its own figures were not drawn: {str(err).splitlines()[0]}", file=sys.stderr)
         return []
+
+
+def own_tables(slug: str, mlflow_client, runs: dict[RunKey, Any]) -> list[str]:
+    """The markdown lines of a study's own tables (``tables(mlflow_client, runs)``, e.g. the comparison's
+    architecture x size tables), placed after its claims."""
+    tables = getattr(study_module(slug), "tables", None)
+    return tables(mlflow_client, runs) if tables is not None else []
 
 
 def write_report(report: Report, mlflow_client) -> None:
@@ -330,6 +351,7 @@ def write_report(report: Report, mlflow_client) -> None:
     if spreads:
         lines += ["", "Run-to-run spread measured before judging (paper.yaml):", ""]
         lines += [f"- {claim}: {text}" for claim, text in spreads]
+    lines += own_tables(report.slug, mlflow_client, runs)
     lines += ["", "## Figures", ""]
     for task in sorted({t for (t, _, _) in runs}):
         name = f"curves_{task}.png"
@@ -379,7 +401,7 @@ def build_report(
     """Evaluate the claims on one reproduction and write the report, unless (without ``force``) that
     would replace a report of a higher preset or one built from more runs."""
     meta = read_meta(slug)
-    claims = parse_claims(meta.get("claims", []), shown_path(PAPERS_DIR / slug / "paper.yaml"))
+    claims = parse_claims(meta.get("claims", []), shown_path(meta_path(slug)))
     root = out_root or reports_dir()
     report = Report(slug, meta["title"], root / slug, None, [])
     mlflow_client = client(uri or tracking_uri())
@@ -397,7 +419,7 @@ def build_report(
         report.note = (
             f"{slug}: no complete reproduction{at} (the latest, {found[0].id}, finished {len(found[0].runs)} of "
             f"{found[0].planned or len(found[0].keys)} runs; `--reproduction {found[0].id}` reports it anyway)"
-            if found else f"{slug}: no runs{at} in the MLflow store; `nox -s reproduce-{session_name(slug)}` makes them"
+            if found else f"{slug}: no runs{at} in the MLflow store; `{'nox -s compare' if slug == COMPARE else f'nox -s reproduce-{session_name(slug)}'}` makes them"
         )  # fmt: skip
         return report
     report.reproduction = chosen
@@ -417,7 +439,7 @@ def write_index(root: Path) -> Path:
     lines = ["# Reports", "", "Written by `nox -s reproduce-<paper>` / `nox -s report` from the runs in MLflow.", "",
              "| paper | report | preset | reproduced | not reproduced | inconclusive | not run | no criterion |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for slug in discover_papers():
+    for slug in studies():  # the comparison first: the lab's front page
         title, summary = read_meta(slug)["title"], existing_report(root / slug)
         if summary is None:
             lines.append(f"| {title} | — | | | | | | |")
@@ -450,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a claim is not reproduced")
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-        slugs = [resolve_slug(name) for name in args.papers] or discover_papers()
+        slugs = [resolve_slug(name) for name in args.papers] or studies()
         if args.reproduction and not args.papers:
             mlflow_client = client(tracking_uri())
             slugs = [

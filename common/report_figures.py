@@ -20,7 +20,7 @@ from typing import Any
 from common.claims import ClaimResult, RunKey, measured, natural_key, shown_criterion
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,9 +34,9 @@ def _length_of(name: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     """Tight layout, the legend of every axes to the right of the figure, then PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     handles, labels = [], []
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -97,7 +97,7 @@ def _difference_panel(ax, result: ClaimResult) -> None:
 
 
 def claim_figure(result: ClaimResult, runs: dict[RunKey, Any], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     relative = bool(result.claim.measure.relative_to)
     fig, axes = plt.subplots(1, 2 if relative else 1, figsize=(8 if relative else 6, 3.6),
                              gridspec_kw={"width_ratios": [3, 1]} if relative else None)  # fmt: skip
@@ -109,11 +109,11 @@ def claim_figure(result: ClaimResult, runs: dict[RunKey, Any], path: Path) -> No
         judged.axhline(result.criterion.threshold, color="tab:red", linestyle="--",
                        label=f"pass: {shown_criterion(result.claim, result.criterion)}")  # fmt: skip
     fig.suptitle(f"{result.claim.id}: {result.verdict}", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def curves_figure(mlflow_client, runs: dict[RunKey, Any], task: str, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for (t, variant, seed), run in sorted(runs.items()):
         if t != task:
@@ -126,4 +126,4 @@ def curves_figure(mlflow_client, runs: dict[RunKey, Any], task: str, path: Path)
     ax.set_ylabel("train/loss")
     ax.set_yscale("log")
     ax.set_title(f"{task}: training loss")
-    _save(fig, path)
+    save_figure(fig, path)

@@ -43,7 +43,7 @@ from torch import nn
 
 from common import report
 from common.checkpoint import load_checkpoint, remove_checkpoints, restore_weights
-from common.config import BaseConfig, flatten, load_config, to_plain
+from common.config import BaseConfig, flatten, to_plain
 from common.errors import PaperzooError, TrainingDiverged
 from common.experiment import Paper, Run, load_paper, validate
 from common.models import zoo
@@ -252,7 +252,7 @@ def run_one(
         tags = {
             "paper": paper.slug, "task": run.task, "variant": run.variant, "seed": str(seed),
             "preset": cfg.scale, "claims": ",".join(claim_ids(paper, run)), "reproduction": reproduction,
-            "reproduction_size": str(size), **git_info(), **system_info(),
+            "reproduction_size": str(size), "n_params": str(n_params), **git_info(), **system_info(), **run.tags,
         }  # fmt: skip
         params = {
             **run_params(cfg, run, seed, model),
@@ -272,10 +272,16 @@ def run_one(
                 run_id=run_id, progress=cfg.progress, desc=name, base=base,
             )  # fmt: skip
         return log_final(cfg, name, model, ckpt.parent, base, result, tracker, started)
-    except TrainingDiverged:
-        if tracker is not None:
-            tracker.end("FAILED")
-        raise
+    except TrainingDiverged as err:
+        if not run.may_diverge:
+            if tracker is not None:
+                tracker.end("FAILED")
+            raise
+        print(f"  {name}: diverged ({err}); a result of this run, the others go on", flush=True)
+        if tracker is not None:  # FINISHED without final metrics: the run ended, its result is the divergence
+            tracker.client.set_tag(run_id, "diverged", str(err))
+            tracker.end("FINISHED")
+        return {}
     except BaseException:
         if tracker is not None:
             tracker.end("KILLED")
@@ -285,7 +291,7 @@ def run_one(
 @functools.cache
 def _worker_plan(name: str, overrides: tuple[str, ...]) -> tuple[Paper, Any, dict[str, Run], Tracker]:
     paper = load_paper(name)
-    cfg = load_config(paper.schema, paper.path / "configs", list(overrides))
+    cfg = paper.config(list(overrides))
     return paper, cfg, {run.key: run for run in paper.plan(cfg)}, Tracker(paper.slug, tracking_uri())
 
 
@@ -299,7 +305,7 @@ def train_in_worker(
 
 
 def run_in_workers(name: str, overrides: list[str], paper: Paper, cfg, jobs: list[tuple[Run, int]],
-                   reproduction: str) -> None:  # fmt: skip
+                   reproduction: str, size: int) -> None:  # fmt: skip
     """``workers=N``: the jobs, N at a time, each worker with its share of this process's threads; a run
     that starts from another run of the plan waits for it."""
     threads = max(1, torch.get_num_threads() // cfg.workers)
@@ -309,28 +315,33 @@ def run_in_workers(name: str, overrides: list[str], paper: Paper, cfg, jobs: lis
     }
     work = []
     for run, seed in jobs:
-        args = (name, tuple(overrides), run.key, seed, reproduction, len(jobs))
+        args = (name, tuple(overrides), run.key, seed, reproduction, size)
         after = {index[run.init_from]} if run.init_from in index else set()  # a base of this reproduction
         work.append(Job(f"{run.key} seed {seed}", args, after))
     run_jobs(train_in_worker, work, cfg.workers, threads)
 
 
-def reproduce(name: str, overrides: list[str]) -> int:
-    """Train, log, report; the exit status."""
-    paper = load_paper(name)
-    cfg = load_config(paper.schema, paper.path / "configs", overrides)
-    planned = paper.plan(cfg)
-    validate(paper, cfg, planned)
+def selected(cfg, planned: list[Run]) -> list[Run]:
+    """The runs ``only=[...]`` keeps (all without it)."""
     runs = [r for r in planned if r.task in cfg.only or r.key in cfg.only] if cfg.only else planned
     if not runs:
         raise PaperzooError(
             f"only={list(cfg.only)} matches no run; runs are: {', '.join(r.key for r in planned)}"
         )
+    return runs
+
+
+def jobs_of(cfg, runs: list[Run]) -> list[tuple[Run, int]]:
+    return [(run, seed) for run in runs for seed in run.trained_seeds(cfg.seeds)]
+
+
+def begin(paper: Paper, cfg, jobs: list[tuple[Run, int]]) -> tuple[Tracker | None, str]:
+    """Before any training: the tracker (rank 0 only), the bases the jobs start from checked, and the
+    reproduction id (a fresh one that claims its runs' folders, or the one ``resume=true`` continues)."""
     rank, world = distributed_context()
     if cfg.workers > 1 and world > 1:
         raise PaperzooError(f"workers={cfg.workers} and torchrun (world size {world}) do not mix; drop one")
     tracker = Tracker(paper.slug, tracking_uri()) if rank == 0 else None
-    jobs = [(run, seed) for run in runs for seed in run.trained_seeds(cfg.seeds)]
     planned_refs = {RunRef(paper.slug, cfg.scale, run.task, run.variant, seed) for run, seed in jobs}
     for base in {run.init_from for run, _ in jobs if run.init_from is not None} - planned_refs:
         require_finished(base)  # common.runs: before any training
@@ -344,14 +355,24 @@ def reproduce(name: str, overrides: list[str]) -> int:
         print(
             f"{paper.title}: {len(jobs)} runs at preset '{cfg.scale}' -> MLflow {tracking_uri()}", flush=True
         )
+    return tracker, reproduction
+
+
+def train_jobs(name: str, overrides: list[str], paper: Paper, cfg, jobs: list[tuple[Run, int]],
+               tracker: Tracker | None, reproduction: str, size: int) -> None:  # fmt: skip
+    """Train ``jobs`` of a reproduction of ``size`` runs: in workers, or one after the other."""
     if cfg.workers > 1 and len(jobs) > 1:
-        run_in_workers(name, overrides, paper, cfg, jobs, reproduction)
-    else:
-        for i, (run, seed) in enumerate(jobs, 1):
-            if rank == 0:
-                print(f"[{i}/{len(jobs)}] {run.key} seed {seed}", flush=True)
-            run_one(paper, cfg, run, seed, tracker, reproduction, len(jobs))
-    if rank != 0:
+        run_in_workers(name, overrides, paper, cfg, jobs, reproduction, size)
+        return
+    for i, (run, seed) in enumerate(jobs, 1):
+        if tracker is not None:
+            print(f"[{i}/{len(jobs)}] {run.key} seed {seed}", flush=True)
+        run_one(paper, cfg, run, seed, tracker, reproduction, size)
+
+
+def finish(paper: Paper, cfg, reproduction: str) -> int:
+    """The report of the reproduction and the claims table (rank 0); the exit status."""
+    if distributed_context()[0] != 0:
         return 0
     written = report.build_report(paper.slug, preset=cfg.scale, reproduction=reproduction)
     print(f"\n{written.console()}\n{written.note}", flush=True)
@@ -360,6 +381,21 @@ def reproduce(name: str, overrides: list[str]) -> int:
         print(f"strict=true: {len(unmet)} claims not reproduced: {', '.join(unmet)}", file=sys.stderr)
         return 1
     return 0
+
+
+def reproduce(name: str, overrides: list[str]) -> int:
+    """Train, log, report; the exit status."""
+    paper = load_paper(name)
+    own = getattr(paper.module, "reproduce", None)  # a study whose runs come in stages (common.compare)
+    if own is not None:
+        return own(overrides)
+    cfg = paper.config(overrides)
+    planned = paper.plan(cfg)
+    validate(paper, cfg, planned)
+    jobs = jobs_of(cfg, selected(cfg, planned))
+    tracker, reproduction = begin(paper, cfg, jobs)
+    train_jobs(name, overrides, paper, cfg, jobs, tracker, reproduction, len(jobs))
+    return finish(paper, cfg, reproduction)
 
 
 def reproduce_all(overrides: list[str]) -> int:
@@ -383,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] != "--all"):
-        print("usage: python -m common.reproduce <paper> | --all [key=value ...]", file=sys.stderr)
+        print("usage: python -m common.reproduce <paper> | compare | --all [key=value ...]", file=sys.stderr)
         return 2
     try:
         if argv[0] == "--all":  # every paper but the template, each after those it starts from (common.runs)

@@ -10,7 +10,8 @@ Tasks
     induction_heads     Olsson et al. 2022; Mamba Sec. 4.1.2: after "... k v ... k", predict v.
     mqar                Arora et al. 2023 (Zoology, arXiv 2312.04927), Sec. 3: multi-query associative
                         recall. ``k1 v1 k2 v2 ... kn vn`` then the queried keys at random positions; at
-                        each query key the model predicts that key's value.
+                        each query key the model predicts that key's value; ``MQARByPairs`` trains and
+                        tests over several numbers of pairs.
     group_word_problem  State tracking (Merrill et al. 2024, "The Illusion of State", arXiv 2404.08819;
                         RWKV-7, arXiv 2503.14456): tokens g_1 .. g_L of a finite group G; at every position
                         t the target is the running product s_t = g_1 g_2 ... g_t. Groups: parity (Z_2),
@@ -281,6 +282,29 @@ class MQAR:
         test = self.batch("test", 0, self.test_size, self.eval_seed)
         correct, total = _accuracy(model, test["idx"], test["targets"], device, self.max_eval_tokens)
         return {"test/acc": correct / total}
+
+
+class MQARByPairs:
+    """MQAR over several numbers of key-value pairs (Zoology's Fig. 2 x-axis): training batch ``index``
+    holds ``pairs[index % len(pairs)]`` pairs, all queried; ``test/acc_p<n>`` is the recall at n pairs on
+    its own test set, ``test/acc`` their mean. Sequences of every count have ``length`` tokens."""
+
+    def __init__(self, length: int, pairs: tuple[int, ...], vocab: int, test_size: int = 512,
+                 eval_seed: int = 1234, max_eval_tokens: int = 2**17):  # fmt: skip
+        if not pairs:
+            raise ValueError("MQARByPairs needs at least one number of pairs")
+        self.tasks = {n: MQAR(length, n, vocab, None, test_size, eval_seed, max_eval_tokens) for n in pairs}
+        self.pairs, self.vocab_size = tuple(pairs), vocab
+
+    def batch(self, split: str, index: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+        return self.tasks[self.pairs[index % len(self.pairs)]].batch(split, index, batch_size, seed)
+
+    def evaluate(self, model, device) -> dict[str, float]:
+        metrics = {
+            f"test/acc_p{n}": task.evaluate(model, device)["test/acc"] for n, task in self.tasks.items()
+        }
+        metrics["test/acc"] = sum(metrics.values()) / len(metrics)
+        return metrics
 
 
 # ---- state tracking: word problems of finite groups -------------------------------------------
