@@ -123,6 +123,15 @@ def mlflow_ui(session: nox.Session) -> None:
     os.execve(PY, [PY, "-m", "common.mlflow_ui", *session.posargs], {**os.environ, **MALLOC_ENV})
 
 
+@nox.session(name="ui-check")
+def ui_check(session: nox.Session) -> None:
+    """The MLflow UI and reports/compare/report.html in headless Chromium: runs listed, figures loaded, screenshots.
+
+    `nox -s ui-check -- [--smoke] [--out DIR] [--port N]`; --smoke first runs a smoke comparison in a temporary
+    folder (what CI runs)."""
+    run_py(session, "-m", "common.ui_check", *session.posargs)
+
+
 @nox.session(name="new-paper")
 def new_paper(session: nox.Session) -> None:
     """Start a paper from papers/_template: `nox -s new-paper -- my-idea --title "My Idea"`."""

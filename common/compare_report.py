@@ -82,6 +82,7 @@ def markdown_tables(mlflow_client, runs: dict[RunKey, Any], cfg) -> list[str]:
             search[task][tags["architecture"]][float(tags["lr"])] = (
                 "diverged" if loss is None else f"{loss:.4f}"
             )
+    edges: list[str] = []
     for task, by_arch in sorted(search.items()):
         grid = sorted({lr for found in by_arch.values() for lr in found})
         lines += [f"**{task}** (val/loss at the smallest size, seed {cfg.lr_search_seed}; **bold**: chosen):", "",
@@ -92,7 +93,11 @@ def markdown_tables(mlflow_client, runs: dict[RunKey, Any], cfg) -> list[str]:
             }
             cells = [f"**{found[lr]}**" if lr in chosen else found.get(lr, "—") for lr in grid]
             lines.append(f"| {arch} | " + " | ".join(cells) + " |")
+            if chosen & {grid[0], grid[-1]} and len(grid) > 1:
+                edges.append(f"{task}/{arch}")
         lines.append("")
+    if edges:  # the search did not bracket the optimum: a better lr may lie beyond the grid
+        lines += [f"At the edge of the grid (the best lr may lie beyond it): {', '.join(edges)}.", ""]
     reusing = [
         f"{name} uses the lr chosen on {task.lr_from}" for name, task in cfg.tasks.items() if task.lr_from
     ]

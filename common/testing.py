@@ -1,5 +1,5 @@
-"""Helpers for the tests of the lab and of every paper (smoke reproductions, CLI error checks, and
-``check_mixer``: the contract every sequence mixer of ``common.models.lm`` must keep).
+"""Helpers for the tests of the lab and of every paper (smoke reproductions, CLI error checks, a headless
+browser, and ``check_mixer``: the contract every sequence mixer of ``common.models.lm`` must keep).
 
 Loaded as a pytest plugin (``-p common.testing`` in pyproject.toml), so the ``lab`` fixture is
 available to every test file under tests/ and papers/.
@@ -113,6 +113,26 @@ def smoke_reproduction(
     mlflow_client = client()
     runs = mlflow_client.search_runs([mlflow_client.get_experiment_by_name(slug).experiment_id])
     return readme, {(r.data.tags["task"], r.data.tags["variant"]): r.data.metrics for r in runs}
+
+
+def require_browser() -> None:
+    """Skip the test where Chromium, chromedriver or selenium is missing (``common.browser``), except under CI
+    (CI=true), where .ci/run installs them and a missing one fails the test."""
+    from common.browser import missing
+
+    lacks = missing()
+    if lacks and os.environ.get("CI") == "true":
+        pytest.fail(f"CI: {lacks}; .ci/run installs them")
+    if lacks:
+        pytest.skip(lacks)
+
+
+def browser_or_skip():
+    """A headless Chromium driven by Selenium (``common.browser``), which the test quits; ``require_browser`` first."""
+    from common.browser import headless_chromium
+
+    require_browser()
+    return headless_chromium()
 
 
 @pytest.fixture

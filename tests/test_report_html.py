@@ -4,45 +4,11 @@ Skipped where Chromium is not installed, except under CI (CI=true), where .ci/ru
 missing browser is a failure.
 """
 
-import os
-import shutil
-
 import pytest
 
 from common.report import build_report
+from common.testing import browser_or_skip
 from common.tracking import Tracker
-
-CHROMIUM, CHROMEDRIVER = (
-    shutil.which("chromium") or "chromium",
-    shutil.which("chromedriver") or "chromedriver",
-)
-
-
-def browser_or_skip():
-    """A headless Chromium driven by Selenium; skips (fails under CI) when either is missing."""
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
-    try:
-        from selenium import webdriver
-    except ImportError:
-        webdriver, missing = None, [*missing, "selenium (pip install -e '.[dev]')"]
-    if missing:
-        message = (
-            f"the HTML report test needs {', '.join(missing)} (apt-get install chromium chromium-driver)"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI: {message}; .ci/run installs them")
-        pytest.skip(message)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1600",
-    ):
-        options.add_argument(arg)
-    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
 
 
 def rgb(css: str) -> tuple[int, ...]:
