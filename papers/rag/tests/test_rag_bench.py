@@ -47,6 +47,7 @@ def test_bench_writes_tables_for_real_and_tiled_vectors_and_the_runs_steps(tmp_p
         assert x["trained_params"] == generator + (top_layer if trains else 0), (run, trains)
         assert (x["retrieval_ms"] is None) == (run == "qa/closed_book")
         assert x["rest_ms"] == pytest.approx(x["step_ms"] - (x["retrieval_ms"] or 0))
+        assert ("cache_fill_s" in x) == (trains is False)  # the frozen phase's cache, filled once
     assert (
         rows[("qa/rag_sequence", False)]["trainable_params"] >= generator + top_layer
     )  # no gradient, yet trainable
@@ -56,6 +57,7 @@ def test_bench_writes_tables_for_real_and_tiled_vectors_and_the_runs_steps(tmp_p
     assert "smoke preset's runs with qa.retrieval.query_start=100: batch 4, K = 2" in md
     assert "| RAG-Token, dense | frozen (step < 100) |" in md and "| RAG-Sequence, BM25 | - |" in md
     assert result["torch"] in md and "faiss" in md
+    assert "RAG-Token, dense, BERT_q frozen: the cache of the" in md
     assert any("passages/s" in line for line in lines)
 
 
