@@ -436,8 +436,9 @@ def build_report(
 
 
 def write_index(root: Path) -> Path:
-    lines = ["# Reports", "", "Written by `nox -s reproduce-<paper>` / `nox -s report` from the runs in MLflow.", "",
-             "| paper | report | preset | reproduced | not reproduced | inconclusive | not run | no criterion |",
+    lines = ["# Reports", "", "Written by `nox -s compare` (the comparison of architectures, first), `nox -s reproduce-<paper>` "
+             "and `nox -s report` from the runs in MLflow.", "",
+             "| study | report | preset | reproduced | not reproduced | inconclusive | not run | no criterion |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for slug in studies():  # the comparison first: the lab's front page
         title, summary = read_meta(slug)["title"], existing_report(root / slug)
