@@ -143,10 +143,10 @@ def non_embedding_parameters(model: nn.Module) -> int:
 def _with_width(arch: str, fixed: dict[str, Any], d_model: int, n_layers: int) -> dict[str, Any]:
     """The architecture's config at this width: ``head_dim`` becomes n_heads (or head_size)."""
     config = {k: v for k, v in fixed.items() if k != "head_dim"}
-    names = {f.name for f in fields(zoo.config_class(arch))}
     if "head_dim" in fixed:
-        config["n_heads" if "n_heads" in names else "head_size"] = (
-            d_model // fixed["head_dim"] if "n_heads" in names else fixed["head_dim"]
+        heads = "n_heads" in _field_names(arch)
+        config["n_heads" if heads else "head_size"] = (
+            d_model // fixed["head_dim"] if heads else fixed["head_dim"]
         )
     return {**config, "d_model": d_model, "n_layers": n_layers}
 
