@@ -31,7 +31,7 @@ question's top k and doc scores are a function of the question and the index alo
 function then (``DenseRetriever.retrieve_frozen``: eval mode, so no dropout, no graph, no padding), and its
 results for every training question are computed once, in batches of 256, on the first such training pass
 (``retrieval.TopKCache``; again after a hot-swap or a change of BERT_q's weights), then looked up: the same ids and
-scores bit for bit, without one BERT_q pass per step. From ``query_start`` on, at evaluation and for BM25 or the
+scores bit for bit at one thread (as each run of the cpu preset trains), without one BERT_q pass per step. From ``query_start`` on, at evaluation and for BM25 or the
 closed book, nothing is cached.
 """
 

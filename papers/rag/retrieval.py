@@ -294,7 +294,8 @@ class DenseRetriever:
         self, queries: list[str], k: int, batch_size: int = 256
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``retrieve`` while the query encoder is frozen (``SentenceEncoder.frozen``: no dropout, no graph, no
-        padding): ids and doc scores (Q, k) that depend on each query and the index alone, bit for bit."""
+        padding): ids and doc scores (Q, k) that depend on each query and the index alone, bit for bit at one thread
+        (at several, BERT's matmuls split by batch size and the scores may differ in the last bit)."""
         q = self.query_encoder.frozen(queries, batch_size)  # (Q, d)
         ids, _ = self.index.search(q.float().cpu().numpy(), k)
         # a product and a sum per row: the einsum of _inner_products takes another kernel for Q = 1 (last bits)
