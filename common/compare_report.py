@@ -42,9 +42,11 @@ def _compared(runs: dict[RunKey, Any]) -> dict[str, dict[tuple[str, str], list[A
 
 
 def _size_order(group: dict[tuple[str, str], list[Any]]) -> list[str]:
-    params = {size: int(runs[0].data.tags["n_params_non_embedding"]) for (_, size), runs in group.items()}
-    return sorted(params, key=lambda size: statistics.fmean(
-        int(r[0].data.tags["n_params_non_embedding"]) for (a, s), r in group.items() if s == size))  # fmt: skip
+    """The task's sizes, smallest first: by their mean non-embedding parameters over the architectures."""
+    params: dict[str, list[int]] = defaultdict(list)
+    for (_, size), runs in group.items():
+        params[size].append(int(runs[0].data.tags["n_params_non_embedding"]))
+    return sorted(params, key=lambda size: statistics.fmean(params[size]))
 
 
 def _mean_std(values: list[float]) -> str:

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,30 +44,15 @@ MAX_HEIGHT = 12000  # the tallest full-page screenshot
 TABLE_PAGE, TABLE_ROW = 100, 40  # MLflow's runs table loads 100 runs at first; pixels per row, with a margin
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def mlflow_server(port: int | None = None, timeout: float = 90.0) -> Iterator[str]:
     """The MLflow server over ``tracking_uri()`` on 127.0.0.1:``port`` (a free one by default) while the block runs;
     its base URL. Raises PaperzooError when the port is taken or the server does not answer within ``timeout`` s."""
-    from common.mlflow_ui import server_command, stop_group
+    from common.mlflow_ui import answers, free_port, port_in_use, server_command, stop_group
 
     port = port or free_port()
-    with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", port)) == 0:
-            raise PaperzooError(f"port {port} is already in use; pick another with --port N")
+    if port_in_use(port):
+        raise PaperzooError(f"port {port} is already in use; pick another with --port N")
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with tempfile.TemporaryFile("w+") as log:
@@ -76,7 +60,7 @@ def mlflow_server(port: int | None = None, timeout: float = 90.0) -> Iterator[st
                                    start_new_session=True)  # fmt: skip
         try:
             deadline = time.monotonic() + timeout
-            while not _answers(f"{base}/health"):
+            while not answers(port):
                 if process.poll() is not None:
                     log.seek(0)
                     last = next((line for line in reversed(log.read().splitlines()) if line.strip()), "")
