@@ -28,6 +28,9 @@ INCONCLUSIVE = "inconclusive"  # its criterion holds, but a claim it requires wa
 SPREAD_TOO_LARGE = f"{INCONCLUSIVE} (spread too large)"  # the seeds disagree and their mean is within 1 std
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN, UNCHECKED)
 RunKey = tuple[str, str, str]  # (task, variant, seed)
+TRIALS = (
+    "n/"  # a metric "n/<name>": how many independent trials (test sequences) the accuracy <name> averaged
+)
 
 
 # ---- which runs ----------------------------------------------------------------------------
@@ -155,6 +158,16 @@ def judge(criterion: Criterion, per_seed: dict[str, float]) -> str:
     ):
         return NOT_REPRODUCED
     return SPREAD_TOO_LARGE
+
+
+def wilson(accuracy: float, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval (95% at the default z) of a proportion measured on ``trials`` Bernoulli
+    trials: unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or 1 (100% of 64
+    only bounds the accuracy above 94.3%)."""
+    p, z2 = accuracy, z * z
+    centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = z / (1 + z2 / trials) * (p * (1 - p) / trials + z2 / (4 * trials * trials)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def evaluate(claims: list[Claim], runs: dict[RunKey, Any], preset: str) -> list[ClaimResult]:

@@ -35,6 +35,7 @@ from common.claims import (
     NOT_REPRODUCED,
     NOT_RUN,
     REPRODUCED,
+    TRIALS,
     VERDICTS,
     ClaimResult,
     Reproduction,
@@ -47,6 +48,7 @@ from common.claims import (
     shown_criterion,
     shown_ours,
     verdict_class,
+    wilson,
 )
 from common.config import SCALES
 from common.errors import PaperzooError
@@ -70,7 +72,7 @@ def _results_table(runs: dict[RunKey, Any]) -> list[str]:
     lines = []
     for task in sorted({t for (t, _, _) in runs}):
         keys = sorted(k for k in runs if k[0] == task)
-        names = sorted({n for k in keys for n in runs[k].data.metrics if not n.startswith(("lr", "train/"))},
+        names = sorted({n for k in keys for n in runs[k].data.metrics if not n.startswith(("lr", "train/", TRIALS))},
                        key=natural_key)  # fmt: skip
         names = [n for n in names if n not in ("tokens_per_s",)] + ["tokens_per_s"]
         lines += [f"### {task}", "", "| variant | seed | " + " | ".join(names) + " |",
@@ -80,6 +82,34 @@ def _results_table(runs: dict[RunKey, Any]) -> list[str]:
             cells = [f"{metrics[n]:.4g}" if n in metrics else "—" for n in names]
             lines.append(f"| {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
         lines.append("")
+    return lines
+
+
+def _intervals_table(runs: dict[RunKey, Any]) -> list[str]:
+    """Each accuracy logged with its number of trials (``n/<metric>``), with its Wilson 95% interval."""
+    lines = []
+    for task in sorted({t for (t, _, _) in runs}):
+        keys = sorted(
+            k for k in runs if k[0] == task and any(n.startswith(TRIALS) for n in runs[k].data.metrics)
+        )
+        names = sorted({n.removeprefix(TRIALS) for k in keys for n in runs[k].data.metrics if n.startswith(TRIALS)},
+                       key=natural_key)  # fmt: skip
+        if not names:
+            continue
+        lines += ["", f"{task}: accuracy with its Wilson 95% interval (of n test sequences, each one trial):", "",
+                  "| variant | seed | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]  # fmt: skip
+        for key in keys:
+            metrics, cells = runs[key].data.metrics, []
+            for name in names:
+                if name in metrics and TRIALS + name in metrics:
+                    trials = int(metrics[TRIALS + name])
+                    low, high = wilson(metrics[name], trials)
+                    cells.append(
+                        f"{100 * metrics[name]:.1f}% [{100 * low:.1f}, {100 * high:.1f}] of {trials}"
+                    )
+                else:
+                    cells.append("—")
+            lines.append(f"| {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -351,6 +381,7 @@ def write_report(report: Report, mlflow_client) -> None:
     if spreads:
         lines += ["", "Run-to-run spread measured before judging (paper.yaml):", ""]
         lines += [f"- {claim}: {text}" for claim, text in spreads]
+    lines += _intervals_table(runs)
     lines += own_tables(report.slug, mlflow_client, runs)
     lines += ["", "## Figures", ""]
     for task in sorted({t for (t, _, _) in runs}):

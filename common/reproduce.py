@@ -43,6 +43,7 @@ from torch import nn
 
 from common import report
 from common.checkpoint import load_checkpoint, remove_checkpoints, restore_weights
+from common.claims import TRIALS
 from common.config import BaseConfig, flatten, to_plain
 from common.errors import PaperzooError, TrainingDiverged
 from common.experiment import Paper, Run, load_paper, validate
@@ -220,7 +221,9 @@ def log_final(
         for path in save_final(model, folder, base):
             tracker.log_artifact(path, "model")
         tracker.end("FINISHED")
-    shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if not k.startswith("model/"))
+    shown = ", ".join(
+        f"{k}={v:.4g}" for k, v in result.metrics.items() if not k.startswith(("model/", TRIALS))
+    )
     print(f"  {name}: done in {time.time() - started:.0f}s; {shown}", flush=True)
     return final
 

@@ -5,6 +5,8 @@ Contracts
     task.batch(split, index, batch_size, seed) -> {name: (B, ...) tensor}
         deterministic in (seed, index): the data position of a run is just its step
     task.evaluate(model, device) -> {metric: float}            e.g. {"val/loss": 1.9, "acc/L1024": 1.0}
+        an accuracy over independent trials may come with its count "n/<metric>" (common.claims.TRIALS),
+        e.g. {"n/acc/L1024": 64}: the report shows its Wilson interval
 
 Features: device auto (cuda > mps > cpu), bf16 autocast on CUDA, optional torch.compile, AdamW
 with decay/no-decay groups, warmup + cosine / constant / noam schedules (LambdaLR), gradient

@@ -2,7 +2,7 @@
 
 import pytest
 
-from common.claims import NOT_REPRODUCED, REPRODUCED, SPREAD_TOO_LARGE, judge, verdict_class
+from common.claims import NOT_REPRODUCED, REPRODUCED, SPREAD_TOO_LARGE, judge, verdict_class, wilson
 from common.experiment import Criterion
 
 AT_MOST_70 = Criterion.parse("<= 0.70")
@@ -112,3 +112,11 @@ def test_a_variant_glob_needs_best_and_best_needs_a_glob(measure, error):
     raw = [{"id": "c", "statement": "s", "measure": {"task": "lm", "metric": "val/loss", **measure}}]
     with pytest.raises(PaperzooError, match=error):
         parse_claims(raw, "paper.yaml")
+
+
+@pytest.mark.parametrize("correct, trials", [(16, 16), (64, 64), (255, 256), (0, 10), (7, 20), (1, 1)])
+def test_wilson_interval_is_scipys(correct, trials):
+    stats = pytest.importorskip("scipy.stats")
+    theirs = stats.binomtest(correct, trials).proportion_ci(confidence_level=0.95, method="wilson")
+    assert wilson(correct / trials, trials) == pytest.approx((theirs.low, theirs.high), abs=1e-9)
+    assert wilson(1.0, 64)[0] == pytest.approx(0.9434, abs=1e-4)  # 64 of 64 bounds the accuracy above 94.3%

@@ -102,8 +102,12 @@ def test_induction_evaluation_tests_at_least_min_test_size_sequences_at_long_len
         train_len=32, test_lengths=(32, 1024), test_size=256, max_eval_tokens=2048, min_test_size=8
     )
     model = Counting()
-    task.evaluate(model, "cpu")
+    metrics = task.evaluate(model, "cpu")
     assert model.seen == {32: 128, 1024: 8}  # 2 slices of 2048 tokens at 32; 8 slices of 1 sequence at 1024
+    assert (metrics["n/acc/L32"], metrics["n/acc/L1024"]) == (
+        128,
+        8,
+    )  # one trial per sequence, for the report
     assert eval_sequences(1024, 256, 2048, floor=8) == 8 and eval_sequences(1024, 256, 2048) == 16
 
 

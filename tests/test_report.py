@@ -203,6 +203,27 @@ def test_a_report_from_two_machines_or_commits_says_so(tmp_path, second, said):
     assert "**Mixed runs:**" in readme and said in readme
 
 
+def test_accuracies_logged_with_their_trials_are_shown_with_a_wilson_interval(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker("_template", uri)
+    for variant, metrics in (("mlp", {"acc/L64": 1.0, "n/acc/L64": 64, "acc/L8": 0.75, "n/acc/L8": 4}),
+                             ("linear", {"acc/L64": 0.5})):  # fmt: skip
+        tags = {"paper": "_template", "task": "rings", "variant": variant, "seed": "0", "preset": "cpu",
+                "reproduction": "r", "reproduction_size": "2", "git_commit": "abc", "device_name": "cpu"}  # fmt: skip
+        tracker.start(f"rings/{variant}/s0", tags, {})
+        tracker.log_metrics({"train/loss": 0.5, "test/acc": metrics["acc/L64"], **metrics}, 1)
+        tracker.end("FINISHED")
+    build_report("_template", uri=uri, out_root=tmp_path / "reports")
+    readme = (tmp_path / "reports" / "_template" / "README.md").read_text()
+    assert "rings: accuracy with its Wilson 95% interval (of n test sequences, each one trial):" in readme
+    assert "| variant | seed | acc/L8 | acc/L64 |" in readme  # only the metrics logged with their trials
+    assert "| mlp | 0 | 75.0% [30.1, 95.4] of 4 | 100.0% [94.3, 100.0] of 64 |" in readme
+    assert (
+        "| linear | 0 |" not in readme.split("## Figures")[0]
+    )  # no trials logged: not in the interval table
+    assert "n/acc" not in readme  # the counts are not metrics of their own in the tables
+
+
 def test_a_report_from_one_machine_and_commit_shows_its_threads_and_no_warning(store, tmp_path):
     build_report("_template", uri=store, out_root=tmp_path)
     readme = (tmp_path / "_template" / "README.md").read_text()

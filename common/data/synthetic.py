@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from common.claims import TRIALS
+
 IGNORE_INDEX = -100
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -162,8 +164,9 @@ def curriculum_stage(stages: tuple[CurriculumStage, ...], index: int) -> Curricu
 class InductionHeads:
     """Mamba Table 2 task: trained at ``train_len``, tested at every length in ``test_lengths``.
 
-    Reports ``acc/L<n>`` for each test length, and ``acc/train_len`` / ``acc/train_len_x4`` (accuracy at
-    the training length and at 4x it) so that claims read the same metric at every preset. Training
+    Reports ``acc/L<n>`` for each test length with its number of test sequences ``n/acc/L<n>`` (each one
+    Bernoulli trial, whose Wilson interval the report shows), and ``acc/train_len`` / ``acc/train_len_x4``
+    (accuracy at the training length and at 4x it) so that claims read the same metric at every preset. Training
     draws fresh random data every step.
 
     Optional curriculum: ``stages``, a sequence of CurriculumStage; training batches walk through them
@@ -199,6 +202,7 @@ class InductionHeads:
             idx, targets = induction_heads(generator(self.eval_seed, "test", length), n, length, self.vocab)
             correct, total = _accuracy(model, idx, targets, device, self.max_eval_tokens)
             metrics[f"acc/L{length}"] = correct / total
+            metrics[f"{TRIALS}acc/L{length}"] = total  # one trial per sequence: the report's Wilson interval
         metrics["acc/train_len"] = metrics[f"acc/L{self.train_len}"]
         if f"acc/L{4 * self.train_len}" in metrics:
             metrics["acc/train_len_x4"] = metrics[f"acc/L{4 * self.train_len}"]
