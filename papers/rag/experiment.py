@@ -32,6 +32,7 @@ from papers.transformer.model import TransformerConfig
 
 from .data import KnowledgeConfig, rag_data
 from .model import RagModel
+from .retrieval import MINILM_LAYERS
 from .task import RagTask
 
 # variant -> (retriever, marginal, trains the query encoder)
@@ -48,7 +49,7 @@ VARIANTS = {
 class RetrievalConfig:
     k: int = 5  # passages per question in training (the paper: 5 or 10)
     score_scale: float = 20.0  # dense doc scores: this times the cosine of the unit MiniLM vectors
-    query_layers: int = 6  # BERT_q's top layers that train (MiniLM has 6)
+    query_layers: int = MINILM_LAYERS  # BERT_q's top layers that train (all of them)
     query_lr_scale: float = 0.03  # BERT_q's lr over the generator's: a pretrained encoder, fine-tuned
     query_start: int = 0  # BERT_q trains from this training step on (the generator learns to read first)
 
@@ -83,8 +84,10 @@ def check(cfg: Config) -> None:
         problems.append(f"qa.lr has no learning rate for {missing}")
     if qa.retrieval.k < 1 or min(qa.ks, default=1) < 1:
         problems.append(f"qa.retrieval.k ({qa.retrieval.k}) and qa.ks ({list(qa.ks)}) must be >= 1")
-    if not 0 <= qa.read_fraction < 1 or not 0 <= qa.retrieval.query_layers <= 6:
-        problems.append("qa.read_fraction must be in [0, 1) and qa.retrieval.query_layers in 0 .. 6")
+    if not 0 <= qa.read_fraction < 1 or not 0 <= qa.retrieval.query_layers <= MINILM_LAYERS:
+        problems.append(
+            f"qa.read_fraction must be in [0, 1) and qa.retrieval.query_layers in 0 .. {MINILM_LAYERS}"
+        )
     if problems:
         raise PaperzooError("; ".join(problems))
 

@@ -262,6 +262,13 @@ def _distractor(kb: KnowledgeBase, rng: random.Random, e: Entity, by_kind, count
             f"{other('founded', lambda: rng.randint(1100, 1990))} before it closed.")  # fmt: skip
 
 
+def _phrasing(rng, templates: tuple[list[str], list[str]], split: str, **names: str) -> tuple[str, bool]:
+    """(text, paraphrase): outside training, half the questions take a held-out template (a paraphrase)."""
+    seen, held_out = templates
+    paraphrase = split != "train" and rng.random() < 0.5
+    return rng.choice(held_out if paraphrase else seen).format(**names), paraphrase
+
+
 def _question(kb, rng, qid, e, relations, split) -> Question:
     answers, evidence = {}, {}
     for v in VERSIONS:
@@ -271,17 +278,13 @@ def _question(kb, rng, qid, e, relations, split) -> Question:
             entity = kb.facts[v][entity, relation]
         passages.append(entity)  # entity i's fact passage has id i
         answers[v], evidence[v] = kb.text(v, entity, relations[-1]), tuple(passages)
-    seen, held_out = TEMPLATES[e.kind, relations]
-    paraphrase = split != "train" and rng.random() < 0.5
-    text = rng.choice(held_out if paraphrase else seen).format(s=e.name)
+    text, paraphrase = _phrasing(rng, TEMPLATES[e.kind, relations], split, s=e.name)
     return Question(qid, text, split, e.id, relations, paraphrase, answers, evidence)
 
 
 def _pair_question(kb, rng, qid, e, partner, relation, split) -> Question:
     answers = {v: f"{kb.text(v, e.id, relation)} and {kb.text(v, partner.id, relation)}" for v in VERSIONS}
-    seen, held_out = PAIR_TEMPLATES[e.kind, relation]
-    paraphrase = split != "train" and rng.random() < 0.5
-    text = rng.choice(held_out if paraphrase else seen).format(a=e.name, b=partner.name)
+    text, paraphrase = _phrasing(rng, PAIR_TEMPLATES[e.kind, relation], split, a=e.name, b=partner.name)
     evidence = {v: (e.id, partner.id) for v in VERSIONS}
     return Question(qid, text, split, e.id, (relation,), paraphrase, answers, evidence, partner.id)
 

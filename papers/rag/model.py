@@ -44,6 +44,7 @@ from torch.nn.utils.rnn import pad_sequence
 from common.decoding import greedy
 from common.errors import PaperzooError
 from papers.rag.marginal import rag_sequence_nll, rag_token_nll
+from papers.rag.retrieval import MINILM_LAYERS
 
 VARIANTS = {"sequence": rag_sequence_nll, "token": rag_token_nll}
 RETRIEVERS = ("dense", "bm25", "none")
@@ -104,7 +105,7 @@ class RagModel(nn.Module):
     """
 
     def __init__(self, generator: nn.Module, data, retriever: str = "dense", variant: str = "sequence", k: int = 5,
-                 score_scale: float = 20.0, query_layers: int = 6, max_answer_len: int = 16,
+                 score_scale: float = 20.0, query_layers: int = MINILM_LAYERS, max_answer_len: int = 16,
                  query_start: int = 0, cache_retrieval: bool = True):  # fmt: skip
         super().__init__()
         if variant not in VARIANTS or retriever not in RETRIEVERS:

