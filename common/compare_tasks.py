@@ -13,7 +13,7 @@ signature (an unknown option is a one-line error):
     state_tracking     common.data.synthetic.StateTracking        acc/L<n>, test/acc
     inference          InferenceCost (below)                      infer/ms_per_token_p<p>, infer/state_bytes_p<p>
 
-Every task reports ``val/loss`` (the learning-rate search ranks on it): a kind whose evaluation has none gets
+Every task but inference reports ``val/loss`` (the learning-rate search ranks on it): a kind whose evaluation has none gets
 the model's mean loss on ``VAL_BATCHES`` batches of its validation split (``WithValLoss``).
 ``max_len`` is the longest sequence a model of the task must hold (a GPT's learned position table),
 ``train_len`` the tokens of one training sequence (a run's token budget is steps x batch x train_len).
@@ -34,6 +34,7 @@ from common.data.documents import LongDocumentTask
 from common.data.synthetic import InductionHeads, MQARByPairs, SelectiveCopying, StateTracking
 from common.errors import PaperzooError
 from common.inference import generation_costs
+from common.train import split_loss
 
 VAL_BATCHES, VAL_BATCH_SIZE, VAL_SEED = 8, 32, 4321
 
@@ -80,12 +81,12 @@ class WithValLoss:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         metrics = self.task.evaluate(model, device)
-        if "val/loss" not in metrics and not isinstance(self.task, InferenceCost):
+        if "val/loss" not in metrics:
             losses = []
             for i in range(VAL_BATCHES):
                 batch = self.task.batch("val", i, VAL_BATCH_SIZE, VAL_SEED)
-                out = model({k: v.to(device) for k, v in batch.items()})
-                losses.append(float((out[0] if isinstance(out, tuple) else out).float()))
+                loss, _ = split_loss(model({k: v.to(device) for k, v in batch.items()}))
+                losses.append(float(loss.float()))
             metrics["val/loss"] = sum(losses) / len(losses)
         return metrics
 
@@ -140,5 +141,7 @@ def lengths(kind: str, options: dict[str, Any], where: str) -> tuple[int, int]:
     return int(spec.max_len(values)), int(spec.train_len(values))
 
 
-def build_task(kind: str, options: dict[str, Any]) -> WithValLoss:
-    return WithValLoss(_kind(kind, kind).cls(**bound_options(kind, options, kind)))
+def build_task(kind: str, options: dict[str, Any]) -> Any:
+    """The task of ``kind``; every kind but inference (which trains nothing) also reports val/loss."""
+    task = _kind(kind, kind).cls(**bound_options(kind, options, kind))
+    return task if isinstance(task, InferenceCost) else WithValLoss(task)

@@ -151,7 +151,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(cfg, step))
 
 
-def _split_loss(out: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def split_loss(out: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(loss, extras) of a model's output: ``loss`` or ``(loss, {name: scalar})`` (the contract above)."""
     return (out[0], dict(out[1])) if isinstance(out, tuple) else (out, {})
 
 
@@ -275,7 +276,7 @@ def train(
             window_tokens += count_tokens(batch)
             sync = contextlib.nullcontext() if world == 1 or micro == cfg.grad_accum - 1 else model.no_sync()
             with sync, autocast_context(device, cfg.precision):
-                loss, extra = _split_loss(model(local))
+                loss, extra = split_loss(model(local))
                 (loss / cfg.grad_accum).backward()
             step_loss += loss.detach().float() / cfg.grad_accum
             for k, v in extra.items():
