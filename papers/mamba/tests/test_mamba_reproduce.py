@@ -69,6 +69,11 @@ def test_the_claims_nearest_their_threshold_train_three_seeds_at_cpu():
     paper = load_paper("mamba")
     cfg = load_config(paper.schema, paper.path / "configs", ["scale=cpu"])
     seeds = {r.key: r.trained_seeds(cfg.seeds) for r in paper.plan(cfg)}
-    near = ["selective_copying/s6", "selective_copying/lti", "selective_copying/lti_nogate", "induction_heads/mamba"]
+    near = [
+        "selective_copying/s6",
+        "selective_copying/lti",
+        "selective_copying/lti_nogate",
+        "induction_heads/mamba",
+    ]
     assert [seeds.pop(key) for key in near] == [[0, 1, 2]] * 4
     assert set(map(tuple, seeds.values())) == {(0,)}
