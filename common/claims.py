@@ -28,9 +28,8 @@ INCONCLUSIVE = "inconclusive"  # its criterion holds, but a claim it requires wa
 SPREAD_TOO_LARGE = f"{INCONCLUSIVE} (spread too large)"  # the seeds disagree and their mean is within 1 std
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN, UNCHECKED)
 RunKey = tuple[str, str, str]  # (task, variant, seed)
-TRIALS = (
-    "n/"  # a metric "n/<name>": how many independent trials (test sequences) the accuracy <name> averaged
-)
+# a metric "n/<name>": how many independent trials (test sequences) the accuracy <name> averaged
+TRIALS = "n/"
 
 
 # ---- which runs ----------------------------------------------------------------------------

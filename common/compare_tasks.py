@@ -13,8 +13,8 @@ signature (an unknown option is a one-line error):
     state_tracking     common.data.synthetic.StateTracking        acc/L<n>, test/acc
     inference          InferenceCost (below)                      infer/ms_per_token_p<p>, infer/state_bytes_p<p>
 
-Every task but inference reports ``val/loss`` (the learning-rate search ranks on it): a kind whose evaluation has none gets
-the model's mean loss on ``VAL_BATCHES`` batches of its validation split (``WithValLoss``).
+Every task but inference reports ``val/loss`` (the learning-rate search ranks on it): a kind whose evaluation
+has none gets the model's mean loss on ``VAL_BATCHES`` batches of its validation split (``WithValLoss``).
 ``max_len`` is the longest sequence a model of the task must hold (a GPT's learned position table),
 ``train_len`` the tokens of one training sequence (a run's token budget is steps x batch x train_len).
 """
