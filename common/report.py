@@ -68,6 +68,15 @@ from common.tracking import client, tracking_uri
 
 
 # ---- writing -------------------------------------------------------------------------------
+def _metric_rows(runs: dict[RunKey, Any], keys: list[RunKey], names: list[str], cell) -> list[str]:
+    """A table's header and one row per run (variant, seed): ``cell(metrics, name)`` for each of ``names``."""
+    lines = ["| variant | seed | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for key in keys:
+        metrics = runs[key].data.metrics
+        lines.append(f"| {key[1]} | {key[2]} | " + " | ".join(cell(metrics, name) for name in names) + " |")
+    return lines
+
+
 def _results_table(runs: dict[RunKey, Any]) -> list[str]:
     lines = []
     for task in sorted({t for (t, _, _) in runs}):
@@ -75,14 +84,21 @@ def _results_table(runs: dict[RunKey, Any]) -> list[str]:
         names = sorted({n for k in keys for n in runs[k].data.metrics if not n.startswith(("lr", "train/", TRIALS))},
                        key=natural_key)  # fmt: skip
         names = [n for n in names if n not in ("tokens_per_s",)] + ["tokens_per_s"]
-        lines += [f"### {task}", "", "| variant | seed | " + " | ".join(names) + " |",
-                  "|---|---|" + "---|" * len(names)]  # fmt: skip
-        for key in keys:
-            metrics = runs[key].data.metrics
-            cells = [f"{metrics[n]:.4g}" if n in metrics else "—" for n in names]
-            lines.append(f"| {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += [f"### {task}", "", *_metric_rows(runs, keys, names, _value), ""]
     return lines
+
+
+def _value(metrics: dict[str, float], name: str) -> str:
+    return f"{metrics[name]:.4g}" if name in metrics else "—"
+
+
+def _with_interval(metrics: dict[str, float], name: str) -> str:
+    """``99.6% [97.8, 99.9] of 256``: an accuracy with its Wilson 95% interval, or — without its trials."""
+    if name not in metrics or TRIALS + name not in metrics:
+        return "—"
+    trials = int(metrics[TRIALS + name])
+    low, high = wilson(metrics[name], trials)
+    return f"{100 * metrics[name]:.1f}% [{100 * low:.1f}, {100 * high:.1f}] of {trials}"
 
 
 def _intervals_table(runs: dict[RunKey, Any]) -> list[str]:
@@ -94,22 +110,9 @@ def _intervals_table(runs: dict[RunKey, Any]) -> list[str]:
         )
         names = sorted({n.removeprefix(TRIALS) for k in keys for n in runs[k].data.metrics if n.startswith(TRIALS)},
                        key=natural_key)  # fmt: skip
-        if not names:
-            continue
-        lines += ["", f"{task}: accuracy with its Wilson 95% interval (of n test sequences, each one trial):", "",
-                  "| variant | seed | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]  # fmt: skip
-        for key in keys:
-            metrics, cells = runs[key].data.metrics, []
-            for name in names:
-                if name in metrics and TRIALS + name in metrics:
-                    trials = int(metrics[TRIALS + name])
-                    low, high = wilson(metrics[name], trials)
-                    cells.append(
-                        f"{100 * metrics[name]:.1f}% [{100 * low:.1f}, {100 * high:.1f}] of {trials}"
-                    )
-                else:
-                    cells.append("—")
-            lines.append(f"| {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
+        if names:
+            lines += ["", f"{task}: accuracy with its Wilson 95% interval (of n test sequences, each one trial):",
+                      "", *_metric_rows(runs, keys, names, _with_interval)]  # fmt: skip
     return lines
 
 
